@@ -1,0 +1,148 @@
+//! The serde model of the TOML file: shapes and syntax only, no cross-field rules.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::SlotName;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    #[serde(default)]
+    pub(crate) listen: Listen,
+    #[serde(default)]
+    pub(crate) server: Server,
+    #[serde(default)]
+    pub(crate) admin: Admin,
+    pub(crate) metrics: Option<Metrics>,
+    pub(crate) state: Option<State>,
+    #[serde(default)]
+    pub(crate) slots: Slots,
+    #[serde(default)]
+    pub(crate) upstream: Upstream,
+    #[serde(default)]
+    pub(crate) health: Health,
+    #[serde(default)]
+    pub(crate) drain: Drain,
+    #[serde(default, rename = "static")]
+    pub(crate) statics: Static,
+    #[serde(default)]
+    pub(crate) routes: Vec<Spanned<Route>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Listen {
+    pub(crate) http: Option<Spanned<Vec<SocketAddr>>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Server {
+    pub(crate) threads: Option<Spanned<usize>>,
+    pub(crate) work_stealing: Option<bool>,
+    pub(crate) slot_header: Option<Spanned<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Admin {
+    pub(crate) socket: Option<PathBuf>,
+    pub(crate) mode: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Metrics {
+    pub(crate) listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct State {
+    pub(crate) path: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Slots {
+    pub(crate) default: Option<SlotName>,
+    pub(crate) blue: Option<Slot>,
+    pub(crate) green: Option<Slot>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Slot {
+    #[serde(default)]
+    pub(crate) upstreams: Vec<Spanned<String>>,
+    pub(crate) version: Option<String>,
+    pub(crate) static_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Upstream {
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) keepalive_pool: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Health {
+    pub(crate) path: Option<Spanned<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) interval: Option<Duration>,
+    pub(crate) timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) healthy_threshold: Option<Spanned<u32>>,
+    pub(crate) unhealthy_threshold: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Drain {
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Static {
+    pub(crate) cache_max_file: Option<u64>,
+    pub(crate) hash_min_len: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Target {
+    Upstream,
+    Static,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Route {
+    pub(crate) prefix: Spanned<String>,
+    pub(crate) to: Spanned<Target>,
+    pub(crate) spa_fallback: Option<Spanned<String>>,
+    pub(crate) cache_control: Option<String>,
+}
+
+/// A duration written `500ms`, `2s`, `1m`, that keeps its span for cross-field checks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HumanDuration(pub(crate) Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        humantime_serde::deserialize(d).map(HumanDuration)
+    }
+}

@@ -1,0 +1,214 @@
+//! Bascule's configuration.
+//!
+//! The pipeline is: file text → [`file::FileConfig`] (serde model of the TOML, every table
+//! `deny_unknown_fields`) → [`Config`] (validated, typed, defaults filled in). Each stage reports
+//! problems as a [`ConfigError`] carrying the file, line, column and dotted key, so that
+//! `bascule check` can print `FILE:LINE:COL: key: message`.
+//!
+//! Precedence: values in the file win over the `DEFAULT_*` constants below. At run time the
+//! proxy's state file (active slot, runtime upstreams and versions) wins over `[slots]`; that
+//! merge belongs to the proxy, not to this crate.
+
+mod error;
+mod file;
+mod slot;
+mod validate;
+
+pub use validate::check_upstream;
+
+pub use error::ConfigError;
+pub use slot::{SlotName, UnknownSlot};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default admin socket path.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/bascule/admin.sock";
+/// Default admin socket file mode (owner read/write only).
+pub const DEFAULT_ADMIN_SOCKET_MODE: u32 = 0o600;
+/// Default health-check path on each upstream.
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+/// Default interval between two health checks of one upstream.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Default time a health check may take before it counts as a failure.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default count of consecutive successes that mark an upstream healthy.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Default count of consecutive failures that mark an upstream unhealthy.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Default time a drained slot is given before its remaining connections are cut.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default name of the response header that tells which slot served a request.
+pub const DEFAULT_SLOT_HEADER: &str = "x-bascule-slot";
+/// Default time allowed to open a TCP connection to an upstream.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time allowed between two reads from an upstream (504 after it).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default count of idle upstream connections kept per worker thread.
+pub const DEFAULT_KEEPALIVE_POOL: usize = 256;
+/// Default grace period, in seconds, that in-flight requests get on SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default largest hashed asset, in bytes, kept in memory with its headers.
+pub const DEFAULT_STATIC_CACHE_MAX_FILE: u64 = 256 * 1024;
+
+/// The validated configuration of one Bascule process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this config was read from, if any.
+    pub source: Option<PathBuf>,
+    /// Addresses the HTTP proxy listens on.
+    pub listen: Vec<SocketAddr>,
+    /// Process-level settings.
+    pub server: ServerConfig,
+    /// The admin socket.
+    pub admin: AdminConfig,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Where runtime state is persisted, if anywhere.
+    pub state_path: Option<PathBuf>,
+    /// Slot that is active when no state file exists.
+    pub default_slot: SlotName,
+    /// The blue slot.
+    pub blue: SlotConfig,
+    /// The green slot.
+    pub green: SlotConfig,
+    /// Upstream connection settings.
+    pub upstream: UpstreamConfig,
+    /// Active health checks.
+    pub health: HealthConfig,
+    /// Draining of a slot that leaves active duty.
+    pub drain: DrainConfig,
+    /// Static file serving.
+    pub statics: StaticConfig,
+    /// Routes, longest prefix first.
+    pub routes: Vec<Route>,
+}
+
+/// Process-level settings (`[server]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Whether Pingora may steal work between threads (off: steadier latency).
+    pub work_stealing: bool,
+    /// Response header naming the serving slot; `None` turns it off.
+    pub slot_header: Option<String>,
+    /// Time in-flight requests get to finish on SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// The admin socket (`[admin]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Path of the Unix socket.
+    pub socket: PathBuf,
+    /// File mode of the socket.
+    pub mode: u32,
+}
+
+/// One slot's configured pool (`[slots.blue]`, `[slots.green]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SlotConfig {
+    /// Upstream members, `host:port`.
+    pub upstreams: Vec<String>,
+    /// Version label shown in status.
+    pub version: Option<String>,
+    /// Root directory of the slot's static files.
+    pub static_root: Option<PathBuf>,
+}
+
+impl Config {
+    /// The configuration of one slot.
+    pub fn slot(&self, name: SlotName) -> &SlotConfig {
+        match name {
+            SlotName::Blue => &self.blue,
+            SlotName::Green => &self.green,
+        }
+    }
+}
+
+/// Upstream connection settings (`[upstream]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Time allowed between reads of the response (504 after it).
+    pub read_timeout: Duration,
+    /// Idle connections kept per worker thread.
+    pub keepalive_pool: usize,
+}
+
+/// Active health checks (`[health]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Path requested with GET on each upstream.
+    pub path: String,
+    /// Time between two checks of one upstream.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Consecutive successes that mark an upstream healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that mark an upstream unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+/// Draining (`[drain]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainConfig {
+    /// Time after a flip until connections left on the old slot are cut.
+    pub timeout: Duration,
+}
+
+/// Static file serving (`[static]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticConfig {
+    /// Largest hashed file, in bytes, kept in memory.
+    pub cache_max_file: u64,
+    /// Minimum length of the hash part of a hashed file name.
+    pub hash_min_len: usize,
+}
+
+/// Where a route sends its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// The active slot's upstream pool.
+    Upstream,
+    /// The active slot's static root.
+    Static,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Path prefix; the longest matching prefix wins.
+    pub prefix: String,
+    /// Where matching requests go.
+    pub to: RouteTarget,
+    /// File served (200, no-cache) for a missing non-hashed path.
+    pub spa_fallback: Option<String>,
+    /// `Cache-Control` for non-hashed files of this route, instead of `no-cache`.
+    pub cache_control: Option<String>,
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut config = parse(&text, &path.display().to_string())?;
+    config.source = Some(path.to_path_buf());
+    Ok(config)
+}
+
+/// Parses and validates config `text`; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let model: file::FileConfig =
+        toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    validate::validate(model).map_err(|v| ConfigError::at_span(file, text, v.span, v.message))
+}
+
+#[cfg(test)]
+mod tests;

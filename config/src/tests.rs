@@ -1,0 +1,290 @@
+//! One test per validation rule, each with inline TOML.
+
+use super::*;
+
+fn invalid(text: &str) -> (usize, usize, String) {
+    match parse(text, "t.toml") {
+        Err(ConfigError::Invalid {
+            file,
+            line,
+            col,
+            message,
+        }) => {
+            assert_eq!(file, "t.toml");
+            (line, col, message)
+        }
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+const FULL: &str = r#"
+[listen]
+http = ["127.0.0.1:8080", "[::1]:8081"]
+
+[server]
+threads = 2
+slot_header = "X-Served-By"
+
+[admin]
+socket = "/tmp/b.sock"
+mode = 0o660
+
+[metrics]
+listen = "127.0.0.1:9090"
+
+[state]
+path = "/tmp/state.json"
+
+[slots]
+default = "green"
+
+[slots.blue]
+upstreams = ["127.0.0.1:3008", "localhost:3010"]
+version = "1.0.0"
+static_root = "/srv/blue"
+
+[slots.green]
+upstreams = ["127.0.0.1:3009"]
+static_root = "/srv/green"
+
+[health]
+path = "/healthz"
+interval = "500ms"
+timeout = "200ms"
+healthy_threshold = 1
+unhealthy_threshold = 2
+
+[drain]
+timeout = "1m"
+
+[[routes]]
+prefix = "/api/"
+to = "upstream"
+
+[[routes]]
+prefix = "/"
+to = "static"
+spa_fallback = "/index.html"
+
+[[routes]]
+prefix = "/assets/"
+to = "static"
+"#;
+
+#[test]
+fn full_example_parses() {
+    let c = parse(FULL, "t.toml").unwrap();
+    assert_eq!(c.listen.len(), 2);
+    assert_eq!(c.server.threads, 2);
+    assert_eq!(c.server.slot_header.as_deref(), Some("x-served-by"));
+    assert_eq!(c.admin.mode, 0o660);
+    assert_eq!(c.metrics, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(c.default_slot, SlotName::Green);
+    assert_eq!(c.blue.upstreams, ["127.0.0.1:3008", "localhost:3010"]);
+    assert_eq!(c.blue.version.as_deref(), Some("1.0.0"));
+    assert_eq!(c.health.interval, Duration::from_millis(500));
+    assert_eq!(c.health.timeout, Duration::from_millis(200));
+    assert_eq!(c.drain.timeout, Duration::from_secs(60));
+    let prefixes: Vec<_> = c.routes.iter().map(|r| r.prefix.as_str()).collect();
+    assert_eq!(prefixes, ["/assets/", "/api/", "/"], "longest prefix first");
+    assert_eq!(c.routes[2].spa_fallback.as_deref(), Some("/index.html"));
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = parse("", "t.toml").unwrap();
+    assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(c.admin.socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    assert_eq!(c.admin.mode, 0o600);
+    assert_eq!(c.default_slot, SlotName::Blue);
+    assert_eq!(c.health.path, "/health");
+    assert_eq!(c.drain.timeout, DEFAULT_DRAIN_TIMEOUT);
+    assert_eq!(c.server.slot_header.as_deref(), Some("x-bascule-slot"));
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn unknown_top_level_key_is_an_error() {
+    let (line, col, msg) = invalid("[listen]\nhttp = [\"127.0.0.1:1\"]\n\n[bogus]\nx = 1\n");
+    assert_eq!((line, col), (4, 1));
+    assert!(msg.contains("bogus"), "{msg}");
+}
+
+#[test]
+fn unknown_nested_key_names_table_and_key() {
+    let (line, _, msg) = invalid("[health]\npath = \"/h\"\nintervall = \"2s\"\n");
+    assert_eq!(line, 3);
+    assert!(msg.starts_with("health.intervall:"), "{msg}");
+    assert!(msg.contains("unknown field"), "{msg}");
+}
+
+#[test]
+fn bad_duration_is_located() {
+    let (line, col, msg) = invalid("[drain]\ntimeout = \"30 parsecs\"\n");
+    assert_eq!((line, col), (2, 11));
+    assert!(msg.starts_with("drain.timeout:"), "{msg}");
+}
+
+#[test]
+fn bad_listen_address() {
+    let (line, _, msg) = invalid("[listen]\nhttp = [\"localhost\"]\n");
+    assert_eq!(line, 2);
+    assert!(msg.starts_with("listen.http:"), "{msg}");
+}
+
+#[test]
+fn empty_listen_list() {
+    let (_, _, msg) = invalid("[listen]\nhttp = []\n");
+    assert!(msg.contains("at least one address"), "{msg}");
+}
+
+#[test]
+fn zero_threads() {
+    let (line, col, msg) = invalid("[server]\nthreads = 0\n");
+    assert_eq!((line, col), (2, 11));
+    assert!(msg.starts_with("server.threads:"), "{msg}");
+}
+
+#[test]
+fn slot_header_can_be_turned_off_or_must_be_a_token() {
+    let c = parse("[server]\nslot_header = \"\"\n", "t.toml").unwrap();
+    assert_eq!(c.server.slot_header, None);
+    let (_, _, msg) = invalid("[server]\nslot_header = \"x y\"\n");
+    assert!(msg.starts_with("server.slot_header:"), "{msg}");
+}
+
+#[test]
+fn admin_mode_too_large() {
+    let (_, _, msg) = invalid("[admin]\nmode = 4096\n");
+    assert!(msg.starts_with("admin.mode:"), "{msg}");
+}
+
+#[test]
+fn unknown_default_slot() {
+    let (line, _, msg) = invalid("[slots]\ndefault = \"purple\"\n");
+    assert_eq!(line, 2);
+    assert!(msg.contains("unknown slot `purple`"), "{msg}");
+    assert!(msg.starts_with("slots.default:"), "{msg}");
+}
+
+#[test]
+fn bad_upstream_address() {
+    let (line, col, msg) = invalid("[slots.blue]\nupstreams = [\"127.0.0.1:3000\", \"nohost\"]\n");
+    assert_eq!((line, col), (2, 32));
+    assert!(msg.starts_with("slots.blue.upstreams:"), "{msg}");
+    let (_, _, msg) = invalid("[slots.green]\nupstreams = [\"h:99999\"]\n");
+    assert!(msg.contains("port"), "{msg}");
+}
+
+#[test]
+fn unknown_slot_table() {
+    let (_, _, msg) = invalid("[slots.purple]\nupstreams = []\n");
+    assert!(msg.contains("purple"), "{msg}");
+}
+
+#[test]
+fn health_path_must_be_absolute() {
+    let (_, _, msg) = invalid("[health]\npath = \"health\"\n");
+    assert!(msg.starts_with("health.path:"), "{msg}");
+}
+
+#[test]
+fn health_timeout_not_above_interval() {
+    let (line, _, msg) = invalid("[health]\ninterval = \"1s\"\ntimeout = \"2s\"\n");
+    assert_eq!(line, 3);
+    assert!(msg.starts_with("health.timeout:"), "{msg}");
+}
+
+#[test]
+fn health_thresholds_at_least_one() {
+    let (_, _, msg) = invalid("[health]\nhealthy_threshold = 0\n");
+    assert!(msg.starts_with("health.healthy_threshold:"), "{msg}");
+    let (_, _, msg) = invalid("[health]\nunhealthy_threshold = 0\n");
+    assert!(msg.starts_with("health.unhealthy_threshold:"), "{msg}");
+}
+
+#[test]
+fn hash_min_len_floor() {
+    let (_, _, msg) = invalid("[static]\nhash_min_len = 3\n");
+    assert!(msg.starts_with("static.hash_min_len:"), "{msg}");
+}
+
+#[test]
+fn route_prefix_must_be_absolute() {
+    let (line, _, msg) = invalid("[[routes]]\nprefix = \"api\"\nto = \"upstream\"\n");
+    assert_eq!(line, 2);
+    assert!(msg.starts_with("routes[0].prefix:"), "{msg}");
+}
+
+#[test]
+fn duplicate_route_prefix() {
+    let text = "[[routes]]\nprefix = \"/a\"\nto = \"upstream\"\n[[routes]]\nprefix = \"/a\"\nto = \"upstream\"\n";
+    let (line, _, msg) = invalid(text);
+    assert_eq!(line, 5);
+    assert!(msg.contains("already routed"), "{msg}");
+}
+
+#[test]
+fn unknown_route_target() {
+    let (line, _, msg) = invalid("[[routes]]\nprefix = \"/\"\nto = \"cdn\"\n");
+    assert_eq!(line, 3);
+    assert!(msg.starts_with("routes[0].to:"), "{msg}");
+}
+
+#[test]
+fn static_route_needs_a_root() {
+    let (_, _, msg) = invalid("[[routes]]\nprefix = \"/\"\nto = \"static\"\n");
+    assert!(msg.contains("static_root"), "{msg}");
+}
+
+#[test]
+fn spa_fallback_only_on_static_and_absolute() {
+    let (_, _, msg) =
+        invalid("[[routes]]\nprefix = \"/\"\nto = \"upstream\"\nspa_fallback = \"/i.html\"\n");
+    assert!(msg.contains("only a `static` route"), "{msg}");
+    let text = "[slots.blue]\nstatic_root = \"/s\"\n[[routes]]\nprefix = \"/\"\nto = \"static\"\nspa_fallback = \"i.html\"\n";
+    let (line, _, msg) = invalid(text);
+    assert_eq!(line, 6);
+    assert!(msg.starts_with("routes[0].spa_fallback:"), "{msg}");
+}
+
+#[test]
+fn wrong_type_is_located() {
+    let (line, _, msg) = invalid("[server]\nthreads = \"two\"\n");
+    assert_eq!(line, 2);
+    assert!(msg.starts_with("server.threads:"), "{msg}");
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let (line, _, _) = invalid("[listen]\nhttp = [\"127.0.0.1:1\"\n\n[server]\n");
+    assert!(line >= 2);
+}
+
+#[test]
+fn display_is_file_line_col_message() {
+    let e = parse("[server]\nthreads = 0\n", "conf/b.toml").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "conf/b.toml:2:11: server.threads: must be at least 1"
+    );
+}
+
+#[test]
+fn missing_file_is_an_io_error() {
+    let e = load(Path::new("/nonexistent/bascule.toml")).unwrap_err();
+    assert!(matches!(e, ConfigError::Io { .. }));
+    assert!(e
+        .to_string()
+        .starts_with("/nonexistent/bascule.toml: cannot read config"));
+}
+
+#[test]
+fn check_upstream_forms() {
+    assert!(check_upstream("127.0.0.1:80").is_ok());
+    assert!(check_upstream("[::1]:80").is_ok());
+    assert!(check_upstream("app:3000").is_ok());
+    assert!(check_upstream("app").is_err());
+    assert!(check_upstream(":80").is_err());
+    assert!(check_upstream("app:0").is_err());
+}

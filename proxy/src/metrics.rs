@@ -1,0 +1,233 @@
+//! Prometheus metrics and the `/metrics` endpoint.
+//!
+//! The request path touches only pre-resolved counters (one relaxed atomic add each): label
+//! lookups happen once per (slot, status) pair. Gauges that mirror state (`inflight`,
+//! `upstream_healthy`) are read from the snapshot when scraped, not kept up to date per request.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::control::Control;
+use crate::SlotName;
+
+/// Every metric Bascule exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    by_code: [Box<[OnceLock<IntCounter>]>; 2],
+    durations: [Histogram; 2],
+    inflight: IntGaugeVec,
+    active: IntGaugeVec,
+    upstream_healthy: IntGaugeVec,
+    /// Flips done since start.
+    pub flips: IntCounter,
+    /// How long slots took to drain after leaving active duty.
+    pub drain_duration: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "bascule_requests_total",
+                "Requests answered, by slot and status code",
+            ),
+            &["slot", "code"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "bascule_request_duration_seconds",
+                "Time from request start to the end of the response, by slot",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["slot"],
+        )
+        .expect("valid metric");
+        let inflight = IntGaugeVec::new(
+            Opts::new(
+                "bascule_inflight",
+                "Requests and connections in flight, by slot",
+            ),
+            &["slot"],
+        )
+        .expect("valid metric");
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "bascule_active_slot",
+                "1 for the active slot, 0 for the other",
+            ),
+            &["slot"],
+        )
+        .expect("valid metric");
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "bascule_upstream_healthy",
+                "1 when the upstream passes its health checks",
+            ),
+            &["slot", "upstream"],
+        )
+        .expect("valid metric");
+        let flips =
+            IntCounter::new("bascule_flips_total", "Flips since start").expect("valid metric");
+        let drain_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "bascule_drain_duration_seconds",
+                "Time a slot took to drain after it left active duty",
+            )
+            .buckets(vec![0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(inflight.clone()),
+            Box::new(active.clone()),
+            Box::new(upstream_healthy.clone()),
+            Box::new(flips.clone()),
+            Box::new(drain_duration.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        let codes = || (0..600).map(|_| OnceLock::new()).collect::<Box<[_]>>();
+        Arc::new(Metrics {
+            registry,
+            by_code: [codes(), codes()],
+            durations: [
+                duration.with_label_values(&["blue"]),
+                duration.with_label_values(&["green"]),
+            ],
+            requests,
+            inflight,
+            active,
+            upstream_healthy,
+            flips,
+            drain_duration,
+        })
+    }
+
+    /// Counts one answered request.
+    #[inline]
+    pub fn observe(&self, slot: SlotName, code: u16, elapsed: Duration) {
+        let table = &self.by_code[slot.index()];
+        match table.get(code as usize) {
+            Some(cell) => cell
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[slot.as_str(), &code.to_string()])
+                })
+                .inc(),
+            None => self
+                .requests
+                .with_label_values(&[slot.as_str(), &code.to_string()])
+                .inc(),
+        }
+        self.durations[slot.index()].observe(elapsed.as_secs_f64());
+    }
+
+    /// Marks `slot` as the active one.
+    pub fn set_active(&self, slot: SlotName) {
+        for s in SlotName::ALL {
+            self.active
+                .with_label_values(&[s.as_str()])
+                .set((s == slot) as i64);
+        }
+    }
+
+    /// The text exposition of every metric, with state gauges read from `control` now.
+    pub fn render(&self, control: &Control) -> String {
+        let routing = control.load();
+        self.upstream_healthy.reset();
+        for slot in SlotName::ALL {
+            self.inflight
+                .with_label_values(&[slot.as_str()])
+                .set(routing.counters.inflight(slot) as i64);
+            for m in routing.slot(slot).pool.members() {
+                self.upstream_healthy
+                    .with_label_values(&[slot.as_str(), &m.address])
+                    .set(m.health.usable() as i64);
+            }
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text encoding is UTF-8")
+    }
+}
+
+/// Serves `GET /metrics` on its own listener, apart from the proxied traffic.
+pub struct MetricsService {
+    addr: SocketAddr,
+    control: Arc<Control>,
+}
+
+impl MetricsService {
+    /// A metrics endpoint on `addr`.
+    pub fn new(addr: SocketAddr, control: Arc<Control>) -> MetricsService {
+        MetricsService { addr, control }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for MetricsService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match TcpListener::bind(self.addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(addr = %self.addr, error = %e, "metrics listener not started");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((mut stream, _)) = accepted else { continue };
+                    let control = self.control.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 4096];
+                        let mut len = 0;
+                        while len < buf.len() {
+                            match stream.read(&mut buf[len..]).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => len += n,
+                            }
+                            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                                break;
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&buf[..len]);
+                        let path = head.split_whitespace().nth(1).unwrap_or("");
+                        let (status, body) = if path == "/metrics" {
+                            ("200 OK", control.metrics().render(&control))
+                        } else {
+                            ("404 Not Found", "not found: try /metrics\n".to_string())
+                        };
+                        let resp = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(resp.as_bytes()).await;
+                    });
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

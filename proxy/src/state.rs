@@ -1,0 +1,150 @@
+//! The state file: what the admin socket changed, kept across restarts.
+//!
+//! Written atomically on every change (temp file in the same directory, fsync, rename, fsync of
+//! the directory), so a crash leaves either the old file or the new one. Read once at start; a
+//! file that cannot be read or parsed is reported and ignored, never a reason not to start.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::SlotName;
+
+/// Runtime state worth keeping across a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    /// The active slot.
+    pub active: SlotName,
+    /// The slot active before the last flip.
+    pub previous: Option<SlotName>,
+    /// RFC 3339 time of the last flip.
+    pub last_switch: Option<String>,
+    /// Generation of the snapshot this state was taken from.
+    pub generation: u64,
+    /// Canary split `[blue, green]`.
+    #[serde(default)]
+    pub weights: Option<[u32; 2]>,
+    /// Each slot's runtime parts, by name.
+    pub slots: BTreeMap<SlotName, PersistedSlot>,
+}
+
+/// One slot's runtime parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedSlot {
+    /// Upstream members.
+    pub upstreams: Vec<String>,
+    /// Version label.
+    pub version: Option<String>,
+    /// Static root.
+    pub static_root: Option<PathBuf>,
+}
+
+/// Why the state file could not be used or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading failed.
+    #[error("{path}: cannot read state file: {source}")]
+    Read {
+        /// The state file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The content is not a state file.
+    #[error("{path}: state file is corrupt ({message}); starting from the config's defaults")]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Writing failed.
+    #[error("{path}: cannot write state file: {source}")]
+    Write {
+        /// The state file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Reads the state file; `Ok(None)` when there is none yet.
+pub fn load(path: &Path) -> Result<Option<PersistedState>, StateError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| StateError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// Writes `state` to `path` atomically.
+pub fn save(path: &Path, state: &PersistedState) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    let mut text = serde_json::to_vec_pretty(state).expect("state serialises");
+    text.push(b'\n');
+    tmp.write_all(&text).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        assert!(load(&path).unwrap().is_none());
+        let mut slots = BTreeMap::new();
+        slots.insert(
+            SlotName::Green,
+            PersistedSlot {
+                upstreams: vec!["127.0.0.1:9".into()],
+                version: Some("2".into()),
+                static_root: None,
+            },
+        );
+        let state = PersistedState {
+            active: SlotName::Green,
+            previous: Some(SlotName::Blue),
+            last_switch: Some("2026-01-01T00:00:00Z".into()),
+            generation: 7,
+            weights: None,
+            slots,
+        };
+        save(&path, &state).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(state));
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(matches!(load(&path), Err(StateError::Corrupt { .. })));
+    }
+}

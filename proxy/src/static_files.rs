@@ -1,0 +1,542 @@
+//! Static files, the nginx `location /assets/` block done right.
+//!
+//! - Content-hashed names (`app-3f9a1c2b.js`, `app.3f9a1c2b.js`) are immutable: served with
+//!   `Cache-Control: public, max-age=31536000, immutable`, kept in memory (when small) with
+//!   their headers and precompressed siblings prepared once, and looked up in the other slot's
+//!   root when missing from the serving one, so pages loaded before a flip keep working.
+//! - Everything else is `no-cache` and re-checked on every request, so a deploy that replaces
+//!   `index.html` is seen at once.
+//! - Paths are resolved by [`resolve`], which never yields a path outside the root.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bascule_config::{Route, StaticConfig};
+use bytes::Bytes;
+use http::header;
+use pingora::proxy::Session;
+use pingora_error::{ErrorType, OrErr, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::routing::Routing;
+use crate::SlotName;
+
+/// `Cache-Control` of content-hashed files.
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// `Cache-Control` of every other file.
+pub const NO_CACHE: &str = "no-cache";
+/// Total bytes of hashed assets kept in memory.
+const CACHE_BUDGET: usize = 64 * 1024 * 1024;
+/// Chunk size when streaming a large file.
+const CHUNK: usize = 64 * 1024;
+
+mod path;
+mod variant;
+
+pub use path::{is_hashed, resolve, PathError};
+use variant::{accepted_encodings, Encoding};
+
+/// A response ready to be written.
+pub struct StaticResponse {
+    /// The header; the caller may add to it before [`StaticResponse::send`].
+    pub header: ResponseHeader,
+    body: Body,
+}
+
+enum Body {
+    Empty,
+    Bytes(Bytes),
+    File { file: File, offset: u64, len: u64 },
+}
+
+impl StaticResponse {
+    fn empty(header: ResponseHeader) -> StaticResponse {
+        StaticResponse {
+            header,
+            body: Body::Empty,
+        }
+    }
+
+    fn error(code: u16, text: &'static str) -> StaticResponse {
+        let mut h = ResponseHeader::build(code, Some(3)).expect("valid status");
+        let _ = h.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        let _ = h.insert_header(header::CONTENT_LENGTH, text.len());
+        let _ = h.insert_header(header::CACHE_CONTROL, NO_CACHE);
+        StaticResponse {
+            header: h,
+            body: Body::Bytes(Bytes::from_static(text.as_bytes())),
+        }
+    }
+
+    /// Writes the response to the client.
+    pub async fn send(self, session: &mut Session) -> Result<()> {
+        let head_only = session.req_header().method == http::Method::HEAD;
+        let no_body = head_only || matches!(self.body, Body::Empty);
+        session
+            .write_response_header(Box::new(self.header), no_body)
+            .await?;
+        if no_body {
+            return Ok(());
+        }
+        match self.body {
+            Body::Empty => Ok(()),
+            Body::Bytes(b) => session.write_response_body(Some(b), true).await,
+            Body::File {
+                mut file,
+                offset,
+                len,
+            } => {
+                file.seek(SeekFrom::Start(offset))
+                    .or_err(ErrorType::FileReadError, "seek static file")?;
+                let mut left = len;
+                while left > 0 {
+                    let want = (left as usize).min(CHUNK);
+                    let mut buf = vec![0u8; want];
+                    file.read_exact(&mut buf)
+                        .or_err(ErrorType::FileReadError, "read static file")?;
+                    left -= want as u64;
+                    session
+                        .write_response_body(Some(Bytes::from(buf)), left == 0)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One representation of a file on disk: identity or a precompressed sibling.
+struct Rep {
+    path: PathBuf,
+    meta: Metadata,
+    encoding: Encoding,
+}
+
+/// A hashed asset kept in memory: every representation with its header prepared.
+struct Cached {
+    /// Headers and bodies, identity first, then by preference.
+    reps: Vec<(Encoding, ResponseHeader, Bytes)>,
+    etag_identity: String,
+    last_modified: String,
+}
+
+/// The static file server of one proxy.
+pub struct StaticFiles {
+    max_file: u64,
+    hash_min_len: usize,
+    cache: RwLock<HashMap<PathBuf, Arc<Cached>>>,
+    cached_bytes: std::sync::atomic::AtomicUsize,
+}
+
+fn etag(meta: &Metadata, encoding: Encoding) -> String {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("\"{:x}-{:x}{}\"", meta.len(), mtime, encoding.etag_suffix())
+}
+
+fn content_type(path: &Path) -> String {
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    if mime.type_() == "text" || mime.subtype() == "javascript" || mime.subtype() == "json" {
+        format!("{mime}; charset=utf-8")
+    } else {
+        mime.to_string()
+    }
+}
+
+/// Whether `If-None-Match` matches `etag` (weak comparison, as RFC 9110 asks for this header).
+fn none_match(value: &[u8], etag: &str) -> bool {
+    let value = String::from_utf8_lossy(value);
+    let bare = etag.trim_start_matches("W/");
+    value
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == bare)
+}
+
+impl StaticFiles {
+    /// A file server with the `[static]` settings.
+    pub fn new(cfg: &StaticConfig) -> StaticFiles {
+        StaticFiles {
+            max_file: cfg.cache_max_file,
+            hash_min_len: cfg.hash_min_len,
+            cache: RwLock::new(HashMap::new()),
+            cached_bytes: Default::default(),
+        }
+    }
+
+    /// Answers a request on a static route from `slot`'s root (or the other slot's, for a
+    /// hashed file missing from it).
+    pub async fn respond(
+        &self,
+        session: &Session,
+        routing: &Routing,
+        slot: SlotName,
+        route: &Route,
+    ) -> Result<StaticResponse> {
+        let req = session.req_header();
+        Ok(self.answer(req, routing, slot, route))
+    }
+
+    /// The response to `req`, computed without writing anything.
+    pub fn answer(
+        &self,
+        req: &RequestHeader,
+        routing: &Routing,
+        slot: SlotName,
+        route: &Route,
+    ) -> StaticResponse {
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            let mut r = StaticResponse::error(405, "method not allowed\n");
+            let _ = r.header.insert_header(header::ALLOW, "GET, HEAD");
+            return r;
+        }
+        let rel = match resolve(req.uri.path()) {
+            Ok(rel) => rel,
+            Err(PathError::BadRequest) => return StaticResponse::error(400, "bad request\n"),
+            Err(PathError::NotFound) => return StaticResponse::error(404, "not found\n"),
+        };
+        let hashed = is_hashed(&rel, self.hash_min_len);
+        let own = routing.slot(slot).static_root.as_deref();
+        let other = routing.slot(slot.other()).static_root.as_deref();
+        let roots: &[Option<&Path>] = if hashed { &[own, other] } else { &[own] };
+        for root in roots.iter().flatten() {
+            if let Some(resp) = self.serve_from(req, root, &rel, hashed, route) {
+                return resp;
+            }
+        }
+        if !hashed {
+            if let (Some(fallback), Some(root)) = (&route.spa_fallback, own) {
+                if let Ok(rel) = resolve(fallback) {
+                    if let Some(resp) = self.serve_from(req, root, &rel, false, route) {
+                        return resp;
+                    }
+                }
+            }
+        }
+        StaticResponse::error(404, "not found\n")
+    }
+
+    fn serve_from(
+        &self,
+        req: &RequestHeader,
+        root: &Path,
+        rel: &Path,
+        hashed: bool,
+        route: &Route,
+    ) -> Option<StaticResponse> {
+        let full = root.join(rel);
+        if hashed {
+            if let Some(cached) = self.cached(&full) {
+                return Some(self.from_cache(req, &cached));
+            }
+        }
+        let meta = std::fs::metadata(&full).ok()?;
+        let full = if meta.is_dir() {
+            let index = full.join("index.html");
+            if !std::fs::metadata(&index)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+            {
+                return None;
+            }
+            index
+        } else if meta.is_file() {
+            full
+        } else {
+            return None;
+        };
+        if !inside(root, &full) {
+            return None;
+        }
+        let cache_control = if hashed {
+            IMMUTABLE.to_string()
+        } else {
+            route
+                .cache_control
+                .clone()
+                .unwrap_or_else(|| NO_CACHE.to_string())
+        };
+        let reps = representations(&full);
+        if hashed && reps[0].meta.len() <= self.max_file {
+            if let Some(cached) = self.fill_cache(&full, &reps, &cache_control) {
+                return Some(self.from_cache(req, &cached));
+            }
+        }
+        Some(from_disk(req, &full, reps, &cache_control))
+    }
+
+    fn cached(&self, full: &Path) -> Option<Arc<Cached>> {
+        self.cache.read().ok()?.get(full).cloned()
+    }
+
+    fn fill_cache(&self, full: &Path, reps: &[Rep], cache_control: &str) -> Option<Arc<Cached>> {
+        let total: u64 = reps.iter().map(|r| r.meta.len()).sum();
+        let used = self.cached_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        if used + total as usize > CACHE_BUDGET {
+            return None;
+        }
+        let vary = reps.len() > 1;
+        let identity = &reps[0];
+        let last_modified = identity
+            .meta
+            .modified()
+            .map(httpdate::fmt_http_date)
+            .unwrap_or_default();
+        let ctype = content_type(full);
+        let mut out = Vec::with_capacity(reps.len());
+        for rep in reps {
+            let body = Bytes::from(std::fs::read(&rep.path).ok()?);
+            let h = header_for(
+                200,
+                &ctype,
+                body.len() as u64,
+                &etag(&rep.meta, rep.encoding),
+                &last_modified,
+                cache_control,
+                rep.encoding,
+                vary,
+            );
+            out.push((rep.encoding, h, body));
+        }
+        let cached = Arc::new(Cached {
+            etag_identity: etag(&identity.meta, Encoding::Identity),
+            reps: out,
+            last_modified,
+        });
+        self.cached_bytes
+            .fetch_add(total as usize, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut map) = self.cache.write() {
+            map.insert(full.to_path_buf(), cached.clone());
+        }
+        Some(cached)
+    }
+
+    fn from_cache(&self, req: &RequestHeader, c: &Cached) -> StaticResponse {
+        let range = req.headers.get(header::RANGE);
+        let (enc, h, body) = if range.is_some() || c.reps.len() == 1 {
+            &c.reps[0]
+        } else {
+            let accepted = accepted_encodings(
+                req.headers
+                    .get(header::ACCEPT_ENCODING)
+                    .map(|v| v.as_bytes()),
+            );
+            c.reps
+                .iter()
+                .skip(1)
+                .find(|(e, _, _)| accepted.contains(*e))
+                .unwrap_or(&c.reps[0])
+        };
+        let etag = h
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(&c.etag_identity);
+        if not_modified(req, etag, &c.last_modified) {
+            return StaticResponse::empty(not_modified_header(h));
+        }
+        if let (Some(range), Encoding::Identity) = (range, enc) {
+            return ranged(range.as_bytes(), h, body.len() as u64, |off, len| {
+                Body::Bytes(body.slice(off as usize..(off + len) as usize))
+            });
+        }
+        StaticResponse {
+            header: h.clone(),
+            body: Body::Bytes(body.clone()),
+        }
+    }
+}
+
+fn representations(full: &Path) -> Vec<Rep> {
+    let mut reps = Vec::with_capacity(3);
+    if let Ok(meta) = std::fs::metadata(full) {
+        reps.push(Rep {
+            path: full.to_path_buf(),
+            meta,
+            encoding: Encoding::Identity,
+        });
+    }
+    for enc in Encoding::PRECOMPRESSED {
+        let mut p = full.as_os_str().to_owned();
+        p.push(enc.file_suffix());
+        let p = PathBuf::from(p);
+        if let Ok(meta) = std::fs::metadata(&p) {
+            if meta.is_file() {
+                reps.push(Rep {
+                    path: p,
+                    meta,
+                    encoding: enc,
+                });
+            }
+        }
+    }
+    reps
+}
+
+#[allow(clippy::too_many_arguments)]
+fn header_for(
+    code: u16,
+    ctype: &str,
+    len: u64,
+    etag: &str,
+    last_modified: &str,
+    cache_control: &str,
+    enc: Encoding,
+    vary: bool,
+) -> ResponseHeader {
+    let mut h = ResponseHeader::build(code, Some(10)).expect("valid status");
+    let _ = h.insert_header(header::CONTENT_TYPE, ctype);
+    let _ = h.insert_header(header::CONTENT_LENGTH, len);
+    let _ = h.insert_header(header::ETAG, etag);
+    if !last_modified.is_empty() {
+        let _ = h.insert_header(header::LAST_MODIFIED, last_modified);
+    }
+    let _ = h.insert_header(header::CACHE_CONTROL, cache_control);
+    let _ = h.insert_header(header::ACCEPT_RANGES, "bytes");
+    if let Some(name) = enc.content_encoding() {
+        let _ = h.insert_header(header::CONTENT_ENCODING, name);
+    }
+    if vary {
+        let _ = h.insert_header(header::VARY, "Accept-Encoding");
+    }
+    h
+}
+
+fn not_modified(req: &RequestHeader, etag: &str, last_modified: &str) -> bool {
+    if let Some(inm) = req.headers.get(header::IF_NONE_MATCH) {
+        return none_match(inm.as_bytes(), etag);
+    }
+    let Some(ims) = req
+        .headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return false;
+    };
+    httpdate::parse_http_date(last_modified).is_ok_and(|lm: SystemTime| lm <= ims)
+}
+
+fn not_modified_header(full: &ResponseHeader) -> ResponseHeader {
+    let mut h = ResponseHeader::build(304, Some(6)).expect("valid status");
+    for name in [
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::CACHE_CONTROL,
+        header::VARY,
+        header::CONTENT_ENCODING,
+    ] {
+        if let Some(v) = full.headers.get(&name) {
+            let _ = h.insert_header(name, v.clone());
+        }
+    }
+    h
+}
+
+/// Applies a `Range` header to a full response of `len` bytes.
+fn ranged(
+    range: &[u8],
+    full: &ResponseHeader,
+    len: u64,
+    body: impl FnOnce(u64, u64) -> Body,
+) -> StaticResponse {
+    match variant::parse_range(range, len) {
+        variant::Range::Ignore => StaticResponse {
+            header: full.clone(),
+            body: body(0, len),
+        },
+        variant::Range::Unsatisfiable => {
+            let mut r = StaticResponse::error(416, "range not satisfiable\n");
+            let _ = r
+                .header
+                .insert_header(header::CONTENT_RANGE, format!("bytes */{len}"));
+            r
+        }
+        variant::Range::Bytes(start, end) => {
+            let mut h = full.clone();
+            h.set_status(206).expect("valid status");
+            let _ = h.insert_header(header::CONTENT_LENGTH, end - start + 1);
+            let _ = h.insert_header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            StaticResponse {
+                header: h,
+                body: body(start, end - start + 1),
+            }
+        }
+    }
+}
+
+fn from_disk(
+    req: &RequestHeader,
+    full: &Path,
+    reps: Vec<Rep>,
+    cache_control: &str,
+) -> StaticResponse {
+    let vary = reps.len() > 1;
+    let range = req.headers.get(header::RANGE);
+    let rep = if range.is_some() || reps.len() == 1 {
+        &reps[0]
+    } else {
+        let accepted = accepted_encodings(
+            req.headers
+                .get(header::ACCEPT_ENCODING)
+                .map(|v| v.as_bytes()),
+        );
+        reps.iter()
+            .skip(1)
+            .find(|r| accepted.contains(r.encoding))
+            .unwrap_or(&reps[0])
+    };
+    let last_modified = reps[0]
+        .meta
+        .modified()
+        .map(httpdate::fmt_http_date)
+        .unwrap_or_default();
+    let tag = etag(&rep.meta, rep.encoding);
+    let h = header_for(
+        200,
+        &content_type(full),
+        rep.meta.len(),
+        &tag,
+        &last_modified,
+        cache_control,
+        rep.encoding,
+        vary,
+    );
+    if not_modified(req, &tag, &last_modified) {
+        return StaticResponse::empty(not_modified_header(&h));
+    }
+    let Ok(file) = File::open(&rep.path) else {
+        return StaticResponse::error(404, "not found\n");
+    };
+    let len = rep.meta.len();
+    if let Some(range) = range {
+        return ranged(range.as_bytes(), &h, len, |offset, len| Body::File {
+            file,
+            offset,
+            len,
+        });
+    }
+    StaticResponse {
+        header: h,
+        body: Body::File {
+            file,
+            offset: 0,
+            len,
+        },
+    }
+}
+
+/// Whether `full`, with symlinks resolved, is still under `root`.
+fn inside(root: &Path, full: &Path) -> bool {
+    match (root.canonicalize(), full.canonicalize()) {
+        (Ok(root), Ok(full)) => full.starts_with(root),
+        _ => false,
+    }
+}
