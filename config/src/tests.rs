@@ -106,7 +106,7 @@ fn empty_file_gives_defaults() {
 #[test]
 fn unknown_top_level_key_is_an_error() {
     let (line, col, msg) = invalid("[listen]\nhttp = [\"127.0.0.1:1\"]\n\n[bogus]\nx = 1\n");
-    assert_eq!((line, col), (4, 1));
+    assert_eq!((line, col), (4, 2));
     assert!(msg.contains("bogus"), "{msg}");
 }
 

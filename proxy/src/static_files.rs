@@ -234,7 +234,7 @@ impl StaticFiles {
         let full = root.join(rel);
         if hashed {
             if let Some(cached) = self.cached(&full) {
-                return Some(self.from_cache(req, &cached));
+                return Some(self.cached_response(req, &cached));
             }
         }
         let meta = std::fs::metadata(&full).ok()?;
@@ -266,7 +266,7 @@ impl StaticFiles {
         let reps = representations(&full);
         if hashed && reps[0].meta.len() <= self.max_file {
             if let Some(cached) = self.fill_cache(&full, &reps, &cache_control) {
-                return Some(self.from_cache(req, &cached));
+                return Some(self.cached_response(req, &cached));
             }
         }
         Some(from_disk(req, &full, reps, &cache_control))
@@ -318,7 +318,7 @@ impl StaticFiles {
         Some(cached)
     }
 
-    fn from_cache(&self, req: &RequestHeader, c: &Cached) -> StaticResponse {
+    fn cached_response(&self, req: &RequestHeader, c: &Cached) -> StaticResponse {
         let range = req.headers.get(header::RANGE);
         let (enc, h, body) = if range.is_some() || c.reps.len() == 1 {
             &c.reps[0]

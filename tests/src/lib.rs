@@ -1,1 +1,8 @@
-//! placeholder
+//! Harness for end-to-end tests: the real `bascule` binary, real upstreams, real sockets,
+//! loopback only, ephemeral ports, deadlines instead of sleeps.
+
+pub mod http;
+mod proxy;
+
+pub use bascule_proxy::demo::Upstream;
+pub use proxy::{bascule_bin, free_addr, wait_until, Proxy, ProxyConfig};

@@ -81,13 +81,26 @@ pub fn is_hashed(rel: &Path, min_len: usize) -> bool {
     let Some((stem, _ext)) = name.rsplit_once('.') else {
         return false;
     };
-    let Some(hash) = stem
+    // The last `-`/`.`-separated part, or (as bundlers' base64url hashes may hold `-`) the
+    // last 8 characters when a separator stands right before them.
+    let last = stem
         .rsplit(['-', '.'])
         .next()
-        .filter(|h| h.len() < stem.len())
-    else {
-        return false;
-    };
+        .filter(|h| h.len() < stem.len());
+    let tail = stem
+        .len()
+        .checked_sub(8)
+        .filter(|&i| {
+            i > 0 && stem.is_char_boundary(i) && matches!(stem.as_bytes()[i - 1], b'-' | b'.')
+        })
+        .map(|i| &stem[i..]);
+    [last, tail]
+        .into_iter()
+        .flatten()
+        .any(|h| looks_like_hash(h, min_len))
+}
+
+fn looks_like_hash(hash: &str, min_len: usize) -> bool {
     if hash.len() < min_len {
         return false;
     }
@@ -158,5 +171,7 @@ mod tests {
         assert!(!h("app-3f9a1c.js"), "7 chars is too short");
         assert!(!h("3f9a1c2b3f.js"), "a hash needs a name before it");
         assert!(!h("noext-3f9a1c2b"));
+        assert!(!h("user-profile-2.js"));
+        assert!(h("vendor-react-4kD9s_2x.js"));
     }
 }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build Bascule: cmake (Pingora builds zlib-ng with it)
+# and a C toolchain. With --bench, also nginx and wrk for the side-by-side benchmarks.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+if [[ "${1:-}" == "--bench" ]]; then
+  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+fi
+if ((${#need[@]})); then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || {
+  echo "setup: cargo not found; install Rust (rustup) first" >&2
+  exit 1
+}

@@ -1,0 +1,269 @@
+//! Starting and stopping the real `bascule` binary.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bascule_admin::client::Client;
+use serde_json::Value;
+
+/// Path of the `bascule` binary, built once per test process.
+///
+/// Integration tests of another package do not get the binary built for them, so the harness
+/// asks cargo for it (a no-op when it is up to date).
+pub fn bascule_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("BASCULE_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in target/<profile>/deps");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "-q", "-p", "bascule-proxy", "--bin", "bascule"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the bascule binary failed");
+        profile_dir.join("bascule")
+    })
+}
+
+/// A loopback address with a port free right now.
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The parts of a config a test varies; the rest is written for it (ports, socket, state).
+#[derive(Debug, Clone, Default)]
+pub struct ProxyConfig {
+    /// Blue upstreams.
+    pub blue: Vec<SocketAddr>,
+    /// Green upstreams.
+    pub green: Vec<SocketAddr>,
+    /// Blue static root.
+    pub blue_root: Option<PathBuf>,
+    /// Green static root.
+    pub green_root: Option<PathBuf>,
+    /// Extra TOML appended verbatim (routes, health, drain…).
+    pub extra: String,
+}
+
+/// A running `bascule serve` process with its own temp dir.
+pub struct Proxy {
+    child: Option<Child>,
+    /// The proxy's HTTP address.
+    pub addr: SocketAddr,
+    /// The admin socket.
+    pub socket: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+    /// The state file.
+    pub state: PathBuf,
+    /// The temp dir holding all of the above.
+    pub dir: tempfile::TempDir,
+    stderr: PathBuf,
+}
+
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ProxyConfig {
+    /// The TOML for this config in `dir`, listening on `addr`.
+    pub fn render(&self, dir: &Path, addr: SocketAddr) -> String {
+        let root = |r: &Option<PathBuf>| {
+            r.as_ref()
+                .map(|p| format!("static_root = \"{}\"\n", p.display()))
+                .unwrap_or_default()
+        };
+        format!(
+            "[listen]\nhttp = [\"{addr}\"]\n\n[server]\nthreads = 2\nshutdown_grace = \"5s\"\n\n\
+             [admin]\nsocket = \"{d}/admin.sock\"\n\n[state]\npath = \"{d}/state.json\"\n\n\
+             [slots.blue]\nupstreams = [{b}]\nversion = \"1.0.0\"\n{br}\n\
+             [slots.green]\nupstreams = [{g}]\nversion = \"1.1.0\"\n{gr}\n\
+             [upstream]\nconnect_timeout = \"1s\"\nread_timeout = \"5s\"\n\n{extra}\n",
+            d = dir.display(),
+            b = list(&self.blue),
+            g = list(&self.green),
+            br = root(&self.blue_root),
+            gr = root(&self.green_root),
+            extra = self.extra,
+        )
+    }
+}
+
+impl Proxy {
+    /// Writes the config into a new temp dir and starts the proxy; returns once it serves.
+    pub fn start(cfg: &ProxyConfig) -> Proxy {
+        let dir = tempfile::Builder::new()
+            .prefix("bascule-test-")
+            .tempdir()
+            .expect("temp dir");
+        let addr = free_addr();
+        let config = dir.path().join("bascule.toml");
+        std::fs::write(&config, cfg.render(dir.path(), addr)).expect("write config");
+        Proxy::start_in(dir, config, addr)
+    }
+
+    /// Starts the proxy on an existing `dir` and `config` (a restart).
+    pub fn start_in(dir: tempfile::TempDir, config: PathBuf, addr: SocketAddr) -> Proxy {
+        let socket = dir.path().join("admin.sock");
+        let state = dir.path().join("state.json");
+        let stderr = dir.path().join("stderr.log");
+        let child = Command::new(bascule_bin())
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("BASCULE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr log"))
+            .spawn()
+            .expect("spawn bascule");
+        let mut proxy = Proxy {
+            child: Some(child),
+            addr,
+            socket,
+            config,
+            state,
+            dir,
+            stderr,
+        };
+        let ready = wait_until(Duration::from_secs(20), || {
+            if let Some(Ok(Some(_))) = proxy.child.as_mut().map(|c| c.try_wait()) {
+                return true;
+            }
+            TcpStream::connect(addr).is_ok() && Client::connect(&proxy.socket).is_ok()
+        });
+        let exited = proxy
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            ready && exited.is_none(),
+            "bascule did not start (exit {exited:?}):\n{}",
+            proxy.stderr()
+        );
+        proxy
+    }
+
+    /// Stops the proxy and starts it again on the same dir, config and port.
+    pub fn restart(mut self) -> Proxy {
+        self.stop();
+        let dir = tempfile::TempDir::new().expect("placeholder dir");
+        let dir = std::mem::replace(&mut self.dir, dir);
+        let (config, addr) = (self.config.clone(), self.addr);
+        Proxy::start_in(dir, config, addr)
+    }
+
+    /// What the proxy wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.stderr) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Sends one admin command and returns the parsed reply.
+    pub fn admin(&self, line: &str) -> Value {
+        let mut c = Client::connect(&self.socket).expect("admin socket");
+        c.call(line).expect("admin reply")
+    }
+
+    /// Sends one admin command that must succeed.
+    pub fn admin_ok(&self, line: &str) -> Value {
+        let v = self.admin(line);
+        assert_eq!(v["ok"], true, "`{line}` was refused: {v}");
+        v
+    }
+
+    /// Runs `bascule ctl -s SOCKET args…`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bascule_bin())
+            .arg("ctl")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run bascule ctl")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends `signal` to the proxy.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit code if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let mut code = None;
+        wait_until(timeout, || match child.try_wait() {
+            Ok(Some(st)) => {
+                code = Some(st.code().unwrap_or(-1));
+                true
+            }
+            _ => false,
+        });
+        if code.is_some() {
+            self.child = None;
+        }
+        code
+    }
+
+    /// Stops the proxy: SIGINT, then SIGKILL if it lingers.
+    pub fn stop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        self.signal("INT");
+        if self.wait_exit(Duration::from_secs(10)).is_none() {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
