@@ -17,6 +17,8 @@ use crate::SlotName;
 
 /// Longest `drain --wait` or `deploy` step when no `--timeout` is given.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+/// Time upgraded connections get to close after their close frame, before a TCP shutdown.
+const CUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Answers admin commands from the routing snapshot.
 pub struct AdminHandler {
@@ -78,6 +80,7 @@ fn slot_json(r: &Routing, slot: SlotName) -> Value {
         "inflight": r.counters.inflight(slot),
         "served": r.counters.served(slot),
         "cut": r.counters.cut(slot),
+        "upgraded": r.counters.upgraded.count(slot),
         "static_root": s.static_root,
         "upstreams": upstreams,
     });
@@ -114,26 +117,41 @@ fn flip_json(o: &FlipOutcome) -> Value {
 }
 
 impl AdminHandler {
-    /// After a flip away from `from`: waits for it to drain and records how long it took, or
-    /// reports what was left when `timeout` ran out.
+    /// After a flip away from `from`: waits for it to drain and records how long it took. When
+    /// `timeout` runs out first (and `from` has not become active again), its upgraded
+    /// connections are asked to close (WebSocket close 1001), then shut down after a grace
+    /// period; how many were cut is counted and logged.
     fn watch_drain(&self, from: SlotName, timeout: Duration) {
         let control = self.control.clone();
         tokio::spawn(async move {
-            let routing = control.load();
+            let counters = control.load().counters.clone();
             let started = std::time::Instant::now();
-            if routing.counters.wait_drained(from, timeout).await {
+            if counters.wait_drained(from, timeout).await {
                 control
                     .metrics()
                     .drain_duration
                     .observe(started.elapsed().as_secs_f64());
                 tracing::info!(slot = %from, seconds = started.elapsed().as_secs_f64(), "slot drained");
-            } else {
-                let now = control.load();
-                if slot_state(&now, from) == "draining" {
-                    let left = now.counters.inflight(from);
-                    tracing::warn!(slot = %from, inflight = left, "drain timed out");
-                }
+                return;
             }
+            if slot_state(&control.load(), from) != "draining" {
+                return;
+            }
+            let asked = counters.upgraded.close_all(from);
+            counters.add_cut(from, asked as u64);
+            let drained = counters.wait_drained(from, CUT_GRACE).await;
+            let forced = if drained {
+                0
+            } else {
+                counters.upgraded.shutdown_all(from)
+            };
+            tracing::warn!(
+                slot = %from,
+                upgraded_closed = asked,
+                shut_down = forced,
+                still_inflight = counters.inflight(from),
+                "drain timed out; upgraded connections cut"
+            );
         });
     }
 

@@ -19,6 +19,9 @@ use crate::control::Control;
 use crate::health::HealthChecker;
 use crate::metrics::{Metrics, MetricsService};
 use crate::service::Bascule;
+use crate::SlotName;
+use pingora_core::server::ExecutionPhase;
+use tokio::sync::broadcast::error::RecvError;
 
 /// How the process was asked to start.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,6 +34,7 @@ pub struct StartOptions {
 pub struct App {
     server: Server,
     admin_socket: PathBuf,
+    admin_inode: Option<u64>,
     control: Arc<Control>,
 }
 
@@ -56,8 +60,9 @@ impl App {
             threads: config.server.threads,
             work_stealing: config.server.work_stealing,
             upstream_keepalive_pool_size: config.upstream.keepalive_pool,
-            grace_period_seconds: Some(0),
-            graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace.as_secs().max(1)),
+            // The grace period is cut short once nothing is in flight: see `App::run`.
+            grace_period_seconds: Some(config.server.shutdown_grace.as_secs().max(1)),
+            graceful_shutdown_timeout_seconds: Some(1),
             upgrade_sock: beside(&config.admin.socket, ".upgrade"),
             pid_file: beside(&config.admin.socket, ".pid"),
             ..ServerConf::default()
@@ -94,6 +99,7 @@ impl App {
         server.bootstrap();
         Ok(App {
             server,
+            admin_inode: inode(&config.admin.socket),
             admin_socket: config.admin.socket.clone(),
             control,
         })
@@ -105,9 +111,52 @@ impl App {
     }
 
     /// Runs until SIGTERM (graceful), SIGINT (fast) or SIGQUIT (upgrade handover).
+    ///
+    /// On a graceful stop Pingora stops accepting, then sleeps the whole grace period before
+    /// it cancels what is left. In-flight requests are counted per slot, so the process leaves
+    /// as soon as both counts reach zero instead of sleeping on.
     pub fn run(self) {
+        let mut phases = self.server.watch_execution_phase();
+        let (control, socket, ino) = (
+            self.control.clone(),
+            self.admin_socket.clone(),
+            self.admin_inode,
+        );
+        let grace = control.config().server.shutdown_grace;
+        std::thread::spawn(move || loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                    let counters = control.load().counters.clone();
+                    let deadline = std::time::Instant::now() + grace;
+                    while std::time::Instant::now() < deadline
+                        && SlotName::ALL.iter().any(|&s| counters.inflight(s) > 0)
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    remove_own_socket(&socket, ino);
+                    tracing::info!("nothing left in flight; exiting");
+                    std::process::exit(0);
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            }
+        });
         self.server.run(RunArgs::default());
-        let _ = std::fs::remove_file(&self.admin_socket);
+        remove_own_socket(&self.admin_socket, self.admin_inode);
+    }
+}
+
+/// Identity of a file: during an upgrade the new process replaces the admin socket file with
+/// its own, and the old process must then leave it alone.
+fn inode(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+}
+
+/// Removes the admin socket file if it is still the one this process bound.
+fn remove_own_socket(path: &std::path::Path, ino: Option<u64>) {
+    if ino.is_some() && inode(path) == ino {
+        let _ = std::fs::remove_file(path);
     }
 }
 

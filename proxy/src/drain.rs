@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::upgraded::UpgradedConns;
 use crate::SlotName;
 
 /// Counters of one slot.
@@ -33,6 +34,8 @@ pub struct DrainMark {
 pub struct SlotCounters {
     slots: [SlotCounter; 2],
     marks: Mutex<[DrainMark; 2]>,
+    /// Upgraded connections, which a drain that times out closes.
+    pub upgraded: UpgradedConns,
 }
 
 impl SlotCounters {

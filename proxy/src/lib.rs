@@ -27,5 +27,6 @@ pub mod routing;
 pub mod service;
 pub mod state;
 pub mod static_files;
+pub mod upgraded;
 
 pub use bascule_config::SlotName;

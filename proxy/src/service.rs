@@ -4,6 +4,7 @@
 //! prefix scan of the routes, one member pick, one peer clone. No logging, no formatting, no
 //! allocation of our own beyond what Pingora asks for (the boxed peer).
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora_core::modules::http::HttpModules;
+use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
@@ -67,7 +69,19 @@ pub struct RequestCtx {
     member: Option<usize>,
     /// A member that failed to connect, skipped on the retry.
     failed: Option<usize>,
+    /// Upstream socket of an upgrade request, registered once the upstream answers 101.
+    upstream_fd: Option<RawFd>,
+    /// Key of this connection among the slot's upgraded connections.
+    upgraded: Option<u64>,
     start: Instant,
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if let (Some(id), Some(r)) = (self.upgraded, &self.routing) {
+            r.counters.upgraded.unregister(self.slot, id);
+        }
+    }
 }
 
 impl RequestCtx {
@@ -118,6 +132,8 @@ impl ProxyHttp for Bascule {
             slot: SlotName::Blue,
             member: None,
             failed: None,
+            upstream_fd: None,
+            upgraded: None,
             start: Instant::now(),
         }
     }
@@ -192,7 +208,25 @@ impl ProxyHttp for Bascule {
         e
     }
 
-    /// Response phase, before the header goes downstream: tags it with the serving slot.
+    /// Upstream phase, once connected: remembers the upstream socket of an upgrade request
+    /// (a WebSocket handshake), so the connection can be closed if its slot's drain times out.
+    async fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if session.is_upgrade_req() {
+            ctx.upstream_fd = Some(fd);
+        }
+        Ok(())
+    }
+
+    /// Response phase, before the header goes downstream: tags it with the serving slot, and
+    /// registers an accepted upgrade (101) as an upgraded connection of that slot.
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -200,6 +234,11 @@ impl ProxyHttp for Bascule {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.tag(upstream_response, ctx.slot);
+        if upstream_response.status == 101 {
+            if let (Some(fd), Some(r)) = (ctx.upstream_fd.take(), &ctx.routing) {
+                ctx.upgraded = r.counters.upgraded.register(ctx.slot, fd);
+            }
+        }
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 pub mod http;
 mod proxy;
+pub mod ws;
 
 pub use bascule_proxy::demo::Upstream;
 pub use proxy::{bascule_bin, free_addr, wait_until, Proxy, ProxyConfig};
