@@ -83,9 +83,13 @@ impl App {
         }
         server.add_service(proxy);
 
-        let listener = bascule_admin::server::bind(&config.admin.socket, config.admin.mode)?;
-        let admin = AdminService::new(listener, AdminHandler::new(control.clone()));
-        server.add_service(background_service("bascule admin", admin));
+        // Bind the admin socket before serving: a bad socket stops the start. In an upgrade the
+        // running process still owns it until it has handed its listeners over, so bind after
+        // bootstrap (which waits for that handover) and take the socket over.
+        if !opts.upgrade {
+            let listener = bascule_admin::server::bind(&config.admin.socket, config.admin.mode)?;
+            server.add_service(admin_service(listener, &control));
+        }
         server.add_service(background_service(
             "bascule health",
             HealthChecker::new(control.clone()),
@@ -97,6 +101,11 @@ impl App {
             ));
         }
         server.bootstrap();
+        if opts.upgrade {
+            let _ = std::fs::remove_file(&config.admin.socket);
+            let listener = bascule_admin::server::bind(&config.admin.socket, config.admin.mode)?;
+            server.add_service(admin_service(listener, &control));
+        }
         Ok(App {
             server,
             admin_inode: inode(&config.admin.socket),
@@ -144,6 +153,14 @@ impl App {
         self.server.run(RunArgs::default());
         remove_own_socket(&self.admin_socket, self.admin_inode);
     }
+}
+
+fn admin_service(
+    listener: std::os::unix::net::UnixListener,
+    control: &Arc<Control>,
+) -> impl pingora_core::services::ServiceWithDependents {
+    let admin = AdminService::new(listener, AdminHandler::new(control.clone()));
+    background_service("bascule admin", admin)
 }
 
 /// Identity of a file: during an upgrade the new process replaces the admin socket file with

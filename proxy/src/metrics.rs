@@ -188,11 +188,17 @@ impl MetricsService {
 #[async_trait]
 impl BackgroundService for MetricsService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match TcpListener::bind(self.addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(addr = %self.addr, error = %e, "metrics listener not started");
-                return;
+        // During an upgrade the old process holds the port until it exits: keep trying.
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::warn!(addr = %self.addr, error = %e, "metrics listener not bound yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
             }
         };
         loop {
