@@ -94,6 +94,8 @@ pub(crate) struct Upstream {
     #[serde(default, with = "humantime_serde")]
     pub(crate) read_timeout: Option<Duration>,
     pub(crate) keepalive_pool: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, Default)]

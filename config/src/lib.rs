@@ -45,6 +45,8 @@ pub const DEFAULT_SLOT_HEADER: &str = "x-bascule-slot";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time allowed between two reads from an upstream (504 after it).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time an idle pooled upstream connection is kept (as nginx's upstream keepalive).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default count of idle upstream connections kept per worker thread.
 pub const DEFAULT_KEEPALIVE_POOL: usize = 256;
 /// Default grace period, in seconds, that in-flight requests get on SIGTERM.
@@ -137,6 +139,9 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// Idle connections kept per worker thread.
     pub keepalive_pool: usize,
+    /// Time an idle pooled connection is kept; also bounds how long a slot that left active
+    /// duty keeps its pooled connections.
+    pub idle_timeout: Duration,
 }
 
 /// Active health checks (`[health]`).

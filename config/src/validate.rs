@@ -84,6 +84,7 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         read_timeout: f.upstream.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT),
         keepalive_pool: f.upstream.keepalive_pool.unwrap_or(DEFAULT_KEEPALIVE_POOL),
+        idle_timeout: f.upstream.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
     };
 
     let health = health(f.health)?;

@@ -176,6 +176,7 @@ impl Pool {
             peer.options.connection_timeout = Some(opts.connect_timeout);
             peer.options.read_timeout = Some(opts.read_timeout);
             peer.options.write_timeout = Some(opts.read_timeout);
+            peer.options.idle_timeout = Some(opts.idle_timeout);
             let health = known
                 .iter()
                 .flat_map(|p| p.members.iter())

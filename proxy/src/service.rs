@@ -225,6 +225,36 @@ impl ProxyHttp for Bascule {
         Ok(())
     }
 
+    /// Upstream phase, on an error after connecting (or reusing a connection): decides whether
+    /// the request may be tried again. Never for a non-idempotent method or a truncated body
+    /// buffer; a stale pooled connection is retried as Pingora does by default; a fresh
+    /// connection that failed before any response byte is retried once, on another member.
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let idempotent = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if !idempotent {
+            e.set_retry(false);
+        } else if client_reused {
+            e.retry.decide_reuse(true);
+        } else if ctx.failed.is_none()
+            && session.response_written().is_none()
+            && e.esource() == &ErrorSource::Upstream
+        {
+            ctx.failed = ctx.member;
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
     /// Response phase, before the header goes downstream: tags it with the serving slot, and
     /// registers an accepted upgrade (101) as an upgraded connection of that slot.
     async fn response_filter(
