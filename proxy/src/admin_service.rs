@@ -51,11 +51,7 @@ fn fields(v: Value) -> ReplyFields {
 
 /// `active`, `draining` or `idle`.
 pub fn slot_state(r: &Routing, slot: SlotName) -> &'static str {
-    let takes_traffic = match r.weights {
-        Some(w) => w[slot.index()] > 0,
-        None => r.active == slot,
-    };
-    if takes_traffic {
+    if r.takes_traffic(slot) {
         "active"
     } else if r.counters.inflight(slot) > 0 {
         "draining"
@@ -81,6 +77,7 @@ fn slot_json(r: &Routing, slot: SlotName) -> Value {
         "served": r.counters.served(slot),
         "cut": r.counters.cut(slot),
         "upgraded": r.counters.upgraded.count(slot),
+        "pooled": s.pool.members().iter().map(|m| m.idle.len()).sum::<usize>(),
         "static_root": s.static_root,
         "upstreams": upstreams,
     });

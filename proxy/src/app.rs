@@ -9,16 +9,19 @@ use std::sync::Arc;
 use anyhow::Context;
 use bascule_config::Config;
 use pingora::prelude::Opt;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
 
 use crate::admin_service::{AdminHandler, AdminService};
 use crate::control::Control;
+use crate::fast::FastApp;
 use crate::health::HealthChecker;
 use crate::metrics::{Metrics, MetricsService};
 use crate::service::Bascule;
+use crate::static_files::StaticFiles;
 use crate::SlotName;
 use pingora_core::server::ExecutionPhase;
 use tokio::sync::broadcast::error::RecvError;
@@ -73,10 +76,14 @@ impl App {
         };
         let mut server = Server::new_with_opt_and_conf(opt, conf);
 
-        let mut proxy = http_proxy_service_with_name(
+        let statics = Arc::new(StaticFiles::new(&config.statics));
+        let full = http_proxy(
             &server.configuration,
-            Bascule::new(control.clone()),
-            "bascule proxy",
+            Bascule::new(control.clone(), statics.clone()),
+        );
+        let mut proxy = Service::new(
+            "bascule proxy".to_string(),
+            FastApp::new(control.clone(), statics, full),
         );
         for addr in &config.listen {
             proxy.add_tcp(&addr.to_string());

@@ -255,6 +255,16 @@ impl Control {
         }
         let published = self.publish(next)?;
         self.metrics.flips.inc();
+        if from != slot {
+            // Idle pooled connections of the slot that left duty are released at once; members
+            // the new active slot shares keep theirs.
+            let keep = published.slot(slot).pool.addresses();
+            for m in published.slot(from).pool.members() {
+                if !keep.contains(&m.address) {
+                    m.idle.clear();
+                }
+            }
+        }
         tracing::info!(slot = %slot, from = %from, generation = published.generation, "flipped");
         Ok(FlipOutcome {
             active: slot,
@@ -281,9 +291,7 @@ impl Control {
     ) -> Result<Arc<Routing>, String> {
         let _w = self.write.lock().await;
         let current = self.routing.load_full();
-        let takes_traffic =
-            current.active == slot || current.weights.is_some_and(|w| w[slot.index()] > 0);
-        if takes_traffic && !force {
+        if current.takes_traffic(slot) && !force {
             return Err(format!(
                 "{slot} takes traffic; change the idle slot, or add --force"
             ));

@@ -21,6 +21,7 @@ pub mod app;
 pub mod control;
 pub mod demo;
 pub mod drain;
+pub mod fast;
 pub mod health;
 pub mod metrics;
 pub mod routing;

@@ -66,6 +66,15 @@ impl Routing {
         }
     }
 
+    /// Whether new requests may go to `slot` (active, or weighted above zero).
+    #[inline]
+    pub fn takes_traffic(&self, slot: SlotName) -> bool {
+        match self.weights {
+            Some(w) => w[slot.index()] > 0,
+            None => self.active == slot,
+        }
+    }
+
     /// The route for `path`: the longest matching prefix, if any.
     #[inline]
     pub fn route(&self, path: &str) -> Option<&Route> {
@@ -156,6 +165,52 @@ pub struct Member {
     pub peer: HttpPeer,
     /// Health record, shared with snapshots that hold the same address.
     pub health: Arc<MemberHealth>,
+    /// Idle keep-alive connections of the fast path, shared like `health`.
+    pub idle: Arc<IdleConns>,
+}
+
+/// Idle upstream connections kept for reuse, newest last.
+#[derive(Debug, Default)]
+pub struct IdleConns {
+    conns: std::sync::Mutex<Vec<(tokio::net::TcpStream, std::time::Instant)>>,
+}
+
+impl IdleConns {
+    /// The most recently parked connection not idle longer than `max_idle`.
+    #[inline]
+    pub fn take(&self, max_idle: std::time::Duration) -> Option<tokio::net::TcpStream> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((c, since)) = conns.pop() {
+            if since.elapsed() < max_idle {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Parks `conn` for reuse, unless `max` are parked already.
+    #[inline]
+    pub fn put(&self, conn: tokio::net::TcpStream, max: usize) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() < max {
+            conns.push((conn, std::time::Instant::now()));
+        }
+    }
+
+    /// Closes every parked connection.
+    pub fn clear(&self) {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Connections parked now.
+    pub fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is parked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Pool {
@@ -177,17 +232,16 @@ impl Pool {
             peer.options.read_timeout = Some(opts.read_timeout);
             peer.options.write_timeout = Some(opts.read_timeout);
             peer.options.idle_timeout = Some(opts.idle_timeout);
-            let health = known
+            let same = known
                 .iter()
                 .flat_map(|p| p.members.iter())
-                .find(|m| m.address == *address)
-                .map(|m| m.health.clone())
-                .unwrap_or_default();
+                .find(|m| m.address == *address);
             members.push(Member {
                 address: address.clone(),
                 socket,
                 peer,
-                health,
+                health: same.map(|m| m.health.clone()).unwrap_or_default(),
+                idle: same.map(|m| m.idle.clone()).unwrap_or_default(),
             });
         }
         Ok(Pool {

@@ -29,12 +29,12 @@ use crate::SlotName;
 pub struct Bascule {
     control: Arc<Control>,
     slot_header: Option<Bytes>,
-    statics: StaticFiles,
+    statics: Arc<StaticFiles>,
 }
 
 impl Bascule {
-    /// A proxy over `control`'s snapshots.
-    pub fn new(control: Arc<Control>) -> Bascule {
+    /// A proxy over `control`'s snapshots, serving static routes with `statics`.
+    pub fn new(control: Arc<Control>, statics: Arc<StaticFiles>) -> Bascule {
         let config = control.config();
         Bascule {
             slot_header: config
@@ -42,7 +42,7 @@ impl Bascule {
                 .slot_header
                 .as_ref()
                 .map(|h| Bytes::from(h.clone())),
-            statics: StaticFiles::new(&config.statics),
+            statics,
             control,
         }
     }
@@ -110,7 +110,8 @@ fn error_status(e: &Error) -> u16 {
     }
 }
 
-fn error_body(code: u16) -> &'static str {
+/// The short text body of the proxy's own error responses.
+pub(crate) fn error_body(code: u16) -> &'static str {
     match code {
         400 => "bad request\n",
         502 => "bad gateway: the upstream could not be reached\n",

@@ -540,3 +540,50 @@ fn inside(root: &Path, full: &Path) -> bool {
         _ => false,
     }
 }
+
+impl StaticResponse {
+    /// Writes the response in HTTP/1.1 wire format to `w` (the fast path's client), with
+    /// `extra` header lines (each ending in CRLF) added; returns the status written.
+    pub async fn write_h1<W>(self, w: &mut W, head_only: bool, extra: &[u8]) -> std::io::Result<u16>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+        let status = self.header.status;
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.header.header_to_h1_wire(&mut out);
+        out.extend_from_slice(extra);
+        out.extend_from_slice(b"\r\n");
+        match self.body {
+            _ if head_only => w.write_all(&out).await?,
+            Body::Empty => w.write_all(&out).await?,
+            Body::Bytes(b) => {
+                out.extend_from_slice(&b);
+                w.write_all(&out).await?;
+            }
+            Body::File {
+                mut file,
+                offset,
+                len,
+            } => {
+                w.write_all(&out).await?;
+                file.seek(SeekFrom::Start(offset))?;
+                let mut left = len;
+                let mut chunk = vec![0u8; CHUNK];
+                while left > 0 {
+                    let want = (left as usize).min(CHUNK);
+                    file.read_exact(&mut chunk[..want])?;
+                    w.write_all(&chunk[..want]).await?;
+                    left -= want as u64;
+                }
+            }
+        }
+        w.flush().await?;
+        Ok(status.as_u16())
+    }
+}

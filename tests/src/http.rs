@@ -143,14 +143,27 @@ impl Conn {
                         usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
                             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                     self.buf.drain(..line_end + 2);
+                    if size == 0 {
+                        // Trailer lines, then the empty line that ends the body.
+                        loop {
+                            let end = loop {
+                                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                                    break i;
+                                }
+                                self.fill()?;
+                            };
+                            self.buf.drain(..end + 2);
+                            if end == 0 {
+                                break;
+                            }
+                        }
+                        break;
+                    }
                     while self.buf.len() < size + 2 {
                         self.fill()?;
                     }
                     body.extend(self.buf.drain(..size));
                     self.buf.drain(..2);
-                    if size == 0 {
-                        break;
-                    }
                 }
             } else {
                 // Body until close.

@@ -390,6 +390,7 @@ fn the_admin_socket_is_private_and_a_live_one_is_not_stolen() {
     // A stale socket file (no one listening) is replaced.
     let mut proxy = proxy;
     proxy.stop();
+    let _ = std::fs::remove_file(&proxy.socket);
     drop(std::os::unix::net::UnixListener::bind(&proxy.socket).unwrap());
     assert!(proxy.socket.exists());
     let proxy = proxy.restart();

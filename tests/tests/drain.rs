@@ -40,12 +40,21 @@ fn two(extra: &str) -> (Upstream, Upstream, Proxy) {
 fn a_long_request_keeps_its_slot_draining_then_idle_and_drain_wait_returns() {
     let (_b, _g, proxy) = two("");
     let addr = proxy.addr;
+    assert_eq!(get(addr, "/").unwrap().status, 200);
+    assert!(
+        proxy.admin_ok("status")["slots"]["blue"]["pooled"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     let slow = std::thread::spawn(move || get(addr, "/?delay_ms=1500").unwrap());
     assert!(wait_until(Duration::from_secs(5), || inflight(
         &proxy, "blue"
     ) == 1));
     proxy.admin_ok("flip green");
     assert_eq!(state(&proxy, "blue"), "draining");
+    // Idle upstream connections of the slot that left duty are released.
+    assert_eq!(proxy.admin_ok("status")["slots"]["blue"]["pooled"], 0);
     let now = proxy.admin_ok("drain blue");
     assert_eq!(
         (now["drained"].as_bool(), now["inflight"].as_u64()),
@@ -64,6 +73,7 @@ fn a_long_request_keeps_its_slot_draining_then_idle_and_drain_wait_returns() {
     );
     assert_eq!(slow.join().unwrap().text(), "blue 1.0.0\n");
     assert_eq!(state(&proxy, "blue"), "idle");
+    assert_eq!(proxy.admin_ok("status")["slots"]["blue"]["pooled"], 0);
 
     // A drain that cannot finish in time says so.
     let slow = std::thread::spawn(move || get(addr, "/?delay_ms=1500").unwrap());

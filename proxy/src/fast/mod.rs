@@ -1,0 +1,525 @@
+//! The fast path: a lean HTTP/1.1 request loop on Pingora's listeners and runtimes.
+//!
+//! Pingora's full proxy spends most of a small request's CPU time in general machinery (boxed
+//! hook futures, header maps, module and cache plumbing). The common request — `GET` or `HEAD`,
+//! HTTP/1.1, no body, no upgrade — needs none of it: the fast path parses the head in place,
+//! routes it with the same snapshot, relays the head bytes unchanged to a pooled upstream
+//! connection and the response back with the slot header added, delimiting the body by its
+//! framing so both connections stay alive. Anything else (bodies, upgrades, HTTP/1.0,
+//! `Expect`, malformed or oversized heads) is handed, with the bytes already read put back, to
+//! Pingora's full proxy ([`crate::service::Bascule`]) for the rest of the connection.
+
+mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bascule_config::RouteTarget;
+use bytes::BytesMut;
+use pingora::proxy::HttpProxy;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::RequestHeader;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::control::Control;
+use crate::routing::{Member, Routing};
+use crate::service::{error_body, Bascule};
+use crate::static_files::StaticFiles;
+use crate::SlotName;
+use relay::{Chunked, Framing, Parsed, ResponseHead};
+
+/// Longest request head the fast path reads before handing over.
+const MAX_HEAD: usize = 64 * 1024;
+/// Time an idle client connection is kept between two requests (Pingora's default too).
+const CLIENT_IDLE: Duration = Duration::from_secs(60);
+/// Read size for both sides.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The listener's application: the fast path in front of Pingora's full proxy.
+pub struct FastApp {
+    control: Arc<Control>,
+    statics: Arc<StaticFiles>,
+    full: Arc<HttpProxy<Bascule>>,
+    slot_header: Option<Vec<u8>>,
+}
+
+impl FastApp {
+    /// The fast path over `control`, handing over to `full`.
+    pub fn new(
+        control: Arc<Control>,
+        statics: Arc<StaticFiles>,
+        full: HttpProxy<Bascule>,
+    ) -> FastApp {
+        let slot_header = control
+            .config()
+            .server
+            .slot_header
+            .as_ref()
+            .map(|h| h.as_bytes().to_vec());
+        FastApp {
+            control,
+            statics,
+            full: Arc::new(full),
+            slot_header,
+        }
+    }
+
+    /// `name: slot\r\n`, or nothing when the header is off.
+    fn slot_line(&self, slot: SlotName, out: &mut Vec<u8>) {
+        if let Some(name) = &self.slot_header {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(slot.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// What the fast path learned from a request head.
+struct Request {
+    head_len: usize,
+    head_method: bool,
+    path: (usize, usize),
+    close: bool,
+}
+
+enum Head {
+    Fast(Request),
+    Handover,
+}
+
+/// Parses the request head at the start of `buf`; `None` when more bytes are needed.
+fn parse_request(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return None,
+        Err(_) => return Some(Head::Handover),
+    };
+    let method = req.method.unwrap_or("");
+    let head_method = method == "HEAD";
+    if (method != "GET" && !head_method) || req.version != Some(1) {
+        return Some(Head::Handover);
+    }
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        match name.len() {
+            7 if name.eq_ignore_ascii_case(b"upgrade") => return Some(Head::Handover),
+            6 if name.eq_ignore_ascii_case(b"expect") => return Some(Head::Handover),
+            14 if name.eq_ignore_ascii_case(b"content-length") && h.value.trim_ascii() != b"0" => {
+                return Some(Head::Handover)
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Some(Head::Handover),
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                if v.split(',').any(|t| t.trim() == "upgrade") {
+                    return Some(Head::Handover);
+                }
+                close = v.split(',').any(|t| t.trim() == "close");
+            }
+            _ => {}
+        }
+    }
+    let path = req.path.unwrap_or("/");
+    let start = path.as_ptr() as usize - buf.as_ptr() as usize;
+    Some(Head::Fast(Request {
+        head_len,
+        head_method,
+        path: (start, start + path.len()),
+        close,
+    }))
+}
+
+/// How one request on the fast path ended.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Why an upstream exchange failed before any response byte reached the client.
+enum UpstreamError {
+    /// A pooled connection turned out closed: try again on a fresh one.
+    Stale,
+    /// Connect or exchange failed: 502, or another member.
+    Failed,
+    /// No answer in time: 504.
+    Timeout,
+}
+
+#[async_trait]
+impl ServerApp for FastApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // Plain TCP listeners hand over Pingora's L4 stream; anything else goes the full way.
+        let any = stream.into_any();
+        let mut client: Box<L4Stream> = match any.downcast::<L4Stream>() {
+            Ok(s) => s,
+            Err(_) => return None,
+        };
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            let head = loop {
+                if !buf.is_empty() {
+                    if let Some(h) = parse_request(&buf) {
+                        break h;
+                    }
+                    if buf.len() >= MAX_HEAD {
+                        break Head::Handover;
+                    }
+                }
+                buf.reserve(READ_CHUNK);
+                let read = tokio::time::timeout(CLIENT_IDLE, client.read_buf(&mut buf)).await;
+                match read {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return None,
+                }
+            };
+            let req = match head {
+                Head::Fast(req) => req,
+                Head::Handover => return self.hand_over(client, &buf, shutdown).await,
+            };
+            let next = self.serve(&mut client, &buf, &req).await;
+            let _ = buf.split_to(req.head_len);
+            match next {
+                Next::KeepAlive if !*shutdown.borrow() => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl FastApp {
+    /// Puts the bytes read back in front of the stream and lets Pingora's full proxy serve the
+    /// rest of the connection, keep-alive included.
+    async fn hand_over(
+        self: &Arc<Self>,
+        mut client: Box<L4Stream>,
+        buf: &[u8],
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !buf.is_empty() {
+            client.rewind(buf);
+        }
+        let mut session = ServerSession::new_http1(client);
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let mut result = self.full.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = result.map(|r| r.consume()) {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            result = self.full.process_new_http(session, shutdown).await;
+        }
+        None
+    }
+
+    /// Serves one request whose head is `buf[..req.head_len]`.
+    async fn serve(&self, client: &mut L4Stream, buf: &[u8], req: &Request) -> Next {
+        let start = Instant::now();
+        let routing = self.control.load();
+        let slot = routing.pick_slot();
+        let _guard = routing.counters.enter(slot);
+        let path = std::str::from_utf8(&buf[req.path.0..req.path.1]).unwrap_or("/");
+        let (status, next) = match routing.target(path) {
+            (RouteTarget::Static, Some(route)) => {
+                let status = self
+                    .serve_static(client, buf, req, &routing, slot, route)
+                    .await;
+                (
+                    status,
+                    if req.close {
+                        Next::Close
+                    } else {
+                        Next::KeepAlive
+                    },
+                )
+            }
+            _ => self.proxy(client, buf, req, &routing, slot).await,
+        };
+        self.control
+            .metrics()
+            .observe(slot, status, start.elapsed());
+        next
+    }
+
+    async fn serve_static(
+        &self,
+        client: &mut L4Stream,
+        buf: &[u8],
+        req: &Request,
+        routing: &Routing,
+        slot: SlotName,
+        route: &bascule_config::Route,
+    ) -> u16 {
+        let Some(header) = static_request(buf, req) else {
+            return self.respond_error(client, slot, 400).await;
+        };
+        let resp = self.statics.answer(&header, routing, slot, route);
+        let mut extra = Vec::with_capacity(32);
+        self.slot_line(slot, &mut extra);
+        resp.write_h1(client, req.head_method, &extra)
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Relays the request to a member of `slot` and the response back.
+    async fn proxy(
+        &self,
+        client: &mut L4Stream,
+        buf: &[u8],
+        req: &Request,
+        routing: &Routing,
+        slot: SlotName,
+    ) -> (u16, Next) {
+        let pool = &routing.slot(slot).pool;
+        let mut avoid = None;
+        let mut fresh_only = false;
+        loop {
+            let Some(i) = pool.pick(avoid) else {
+                return (self.respond_error(client, slot, 503).await, Next::Close);
+            };
+            let member = &pool.members()[i];
+            match self
+                .exchange(client, buf, req, member, slot, fresh_only)
+                .await
+            {
+                Ok(done) => return done,
+                Err(UpstreamError::Stale) => fresh_only = true,
+                Err(UpstreamError::Failed) if avoid.is_none() && pool.members().len() > 1 => {
+                    avoid = Some(i);
+                    fresh_only = false;
+                }
+                Err(UpstreamError::Failed) => {
+                    return (self.respond_error(client, slot, 502).await, Next::Close)
+                }
+                Err(UpstreamError::Timeout) => {
+                    return (self.respond_error(client, slot, 504).await, Next::Close)
+                }
+            }
+        }
+    }
+
+    /// One attempt on `member`. Errors are returned only while nothing has reached the client.
+    async fn exchange(
+        &self,
+        client: &mut L4Stream,
+        buf: &[u8],
+        req: &Request,
+        member: &Member,
+        slot: SlotName,
+        fresh_only: bool,
+    ) -> Result<(u16, Next), UpstreamError> {
+        let opts = &member.peer.options;
+        let read_timeout = opts.read_timeout.unwrap_or(Duration::from_secs(60));
+        let idle_max = opts.idle_timeout.unwrap_or(Duration::from_secs(60));
+        let pooled = if fresh_only {
+            None
+        } else {
+            member.idle.take(idle_max)
+        };
+        let reused = pooled.is_some();
+        let mut up = match pooled {
+            Some(c) => c,
+            None => connect(member.socket, opts.connection_timeout).await?,
+        };
+        let stale = |e: UpstreamError| if reused { UpstreamError::Stale } else { e };
+        if up.write_all(&buf[..req.head_len]).await.is_err() {
+            return Err(stale(UpstreamError::Failed));
+        }
+        let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
+        let head: ResponseHead = loop {
+            match relay::parse_response(&ubuf, req.head_method) {
+                Parsed::Partial if ubuf.len() < MAX_HEAD => {}
+                Parsed::Partial | Parsed::Invalid => return Err(UpstreamError::Failed),
+                // Interim responses (103) are relayed; the final one follows.
+                Parsed::Head(h) if (100..200).contains(&h.status) => {
+                    if h.status == 101 {
+                        return Err(UpstreamError::Failed);
+                    }
+                    let interim = ubuf.split_to(h.len);
+                    let _ = client.write_all(&interim).await;
+                    continue;
+                }
+                Parsed::Head(h) => break h,
+            }
+            ubuf.reserve(READ_CHUNK);
+            match tokio::time::timeout(read_timeout, up.read_buf(&mut ubuf)).await {
+                Err(_) => return Err(UpstreamError::Timeout),
+                Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() => {
+                    return Err(stale(UpstreamError::Failed))
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(UpstreamError::Failed),
+                Ok(Ok(_)) => {}
+            }
+        };
+        // The head with the slot header added, and as much of the body as has arrived.
+        let mut out = Vec::with_capacity(ubuf.len() + 32);
+        out.extend_from_slice(&ubuf[..head.len - 2]);
+        self.slot_line(slot, &mut out);
+        out.extend_from_slice(b"\r\n");
+        let body = &ubuf[head.len..];
+        let (body_in_buf, complete, mut tracker) = match head.framing {
+            Framing::Empty => (0, true, None),
+            Framing::Length(n) => {
+                let have = (body.len() as u64).min(n) as usize;
+                (have, have as u64 == n, None)
+            }
+            Framing::Chunked => {
+                let mut t = Chunked::default();
+                match t.feed(body) {
+                    Ok(Some(end)) => (end, true, None),
+                    Ok(None) => (body.len(), false, Some(t)),
+                    Err(_) => return Err(UpstreamError::Failed),
+                }
+            }
+            Framing::UntilClose => (body.len(), false, None),
+        };
+        // Bytes past the response would mean the upstream is out of step: do not reuse it.
+        let trailing = body.len() > body_in_buf;
+        out.extend_from_slice(&body[..body_in_buf]);
+        let sent = client.write_all(&out).await.is_ok();
+        let mut upstream_ok = !head.close && !trailing;
+        let mut client_ok = sent;
+        if sent && !complete {
+            let mut left = match head.framing {
+                Framing::Length(n) => n - body_in_buf as u64,
+                _ => u64::MAX,
+            };
+            loop {
+                if client.flush().await.is_err() {
+                    client_ok = false;
+                    upstream_ok = false;
+                    break;
+                }
+                ubuf.clear();
+                ubuf.reserve(READ_CHUNK);
+                let n = match tokio::time::timeout(read_timeout, up.read_buf(&mut ubuf)).await {
+                    Ok(Ok(0)) if head.framing == Framing::UntilClose => {
+                        upstream_ok = false;
+                        client_ok = false;
+                        break;
+                    }
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => {
+                        upstream_ok = false;
+                        client_ok = false;
+                        break;
+                    }
+                };
+                let chunk = &ubuf[..n];
+                let (take, done) = match (&mut tracker, head.framing) {
+                    (Some(t), _) => match t.feed(chunk) {
+                        Ok(Some(end)) => (end, true),
+                        Ok(None) => (n, false),
+                        Err(_) => {
+                            upstream_ok = false;
+                            client_ok = false;
+                            break;
+                        }
+                    },
+                    (None, Framing::Length(_)) => {
+                        let take = (n as u64).min(left) as usize;
+                        left -= take as u64;
+                        (take, left == 0)
+                    }
+                    _ => (n, false),
+                };
+                if take < n {
+                    upstream_ok = false;
+                }
+                if client.write_all(&chunk[..take]).await.is_err() {
+                    client_ok = false;
+                    upstream_ok = false;
+                    break;
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        if client.flush().await.is_err() {
+            client_ok = false;
+        }
+        // A slot that left duty while this request ran does not get its connection back.
+        if upstream_ok && (complete || client_ok) && self.control.load().takes_traffic(slot) {
+            member.idle.put(up, IDLE_PER_MEMBER);
+        }
+        let next = if client_ok && !req.close && !head.close {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        };
+        Ok((head.status, next))
+    }
+
+    /// The proxy's own error response, tagged with the slot.
+    async fn respond_error(&self, client: &mut L4Stream, slot: SlotName, code: u16) -> u16 {
+        let body = error_body(code);
+        let reason = http::StatusCode::from_u16(code)
+            .ok()
+            .and_then(|c| c.canonical_reason())
+            .unwrap_or("");
+        let mut out = format!(
+            "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+            body.len()
+        )
+        .into_bytes();
+        self.slot_line(slot, &mut out);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+        let _ = client.write_all(&out).await;
+        let _ = client.flush().await;
+        code
+    }
+}
+
+/// Idle upstream connections kept per member by the fast path.
+const IDLE_PER_MEMBER: usize = 256;
+
+async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, UpstreamError> {
+    let attempt = TcpStream::connect(addr);
+    let stream = match timeout {
+        Some(t) => match tokio::time::timeout(t, attempt).await {
+            Ok(r) => r.map_err(|_| UpstreamError::Failed)?,
+            Err(_) => return Err(UpstreamError::Timeout),
+        },
+        None => attempt.await.map_err(|_| UpstreamError::Failed)?,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A Pingora request header carrying what static serving reads: method, path and validators.
+fn static_request(buf: &[u8], req: &Request) -> Option<RequestHeader> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    parsed.parse(&buf[..req.head_len]).ok()?;
+    let method = if req.head_method { "HEAD" } else { "GET" };
+    let mut h = RequestHeader::build(method, &buf[req.path.0..req.path.1], Some(6)).ok()?;
+    for hd in parsed.headers.iter() {
+        let name = hd.name;
+        let wanted = [
+            "if-none-match",
+            "if-modified-since",
+            "range",
+            "accept-encoding",
+            "if-range",
+        ];
+        if wanted.iter().any(|w| name.eq_ignore_ascii_case(w)) {
+            let _ = h.append_header(name.to_ascii_lowercase(), hd.value);
+        }
+    }
+    Some(h)
+}
