@@ -123,6 +123,8 @@ fn every_framing_comes_through_on_one_connection() {
     assert!(r.body == big_body(), "1 MiB body corrupted");
     let r = c.get("/plain", &[]).unwrap();
     assert_eq!(r.text(), "/plain");
+    // The upstream sent no Date: the proxy adds one, once.
+    assert_eq!(r.header_count("date"), 1);
 }
 
 #[test]

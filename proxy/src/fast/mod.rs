@@ -367,6 +367,9 @@ impl FastApp {
         // The head with the slot header added, and as much of the body as has arrived.
         let mut out = Vec::with_capacity(ubuf.len() + 32);
         out.extend_from_slice(&ubuf[..head.len - 2]);
+        if !head.has_date {
+            date_line(&mut out);
+        }
         self.slot_line(slot, &mut out);
         out.extend_from_slice(b"\r\n");
         let body = &ubuf[head.len..];
@@ -476,6 +479,7 @@ impl FastApp {
             body.len()
         )
         .into_bytes();
+        date_line(&mut out);
         self.slot_line(slot, &mut out);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body.as_bytes());
@@ -483,6 +487,27 @@ impl FastApp {
         let _ = client.flush().await;
         code
     }
+}
+
+thread_local! {
+    /// `date: …\r\n` for the current second, formatted once per second per thread.
+    static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+/// Appends the `date` header line (RFC 9110 §6.6.1) for responses the proxy makes itself.
+pub(crate) fn date_line(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs || cached.1.is_empty() {
+            cached.0 = secs;
+            cached.1 = format!("date: {}\r\n", httpdate::fmt_http_date(now)).into_bytes();
+        }
+        out.extend_from_slice(&cached.1);
+    });
 }
 
 /// Idle upstream connections kept per member by the fast path.

@@ -25,6 +25,8 @@ pub(crate) struct ResponseHead {
     pub(crate) framing: Framing,
     /// The upstream asked to close (or spoke HTTP/1.0).
     pub(crate) close: bool,
+    /// The upstream sent a `Date` header.
+    pub(crate) has_date: bool,
 }
 
 /// Outcome of parsing the start of `buf` as a response head.
@@ -50,9 +52,12 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Parsed {
     let mut close = resp.version == Some(0);
     let mut length = None;
     let mut chunked = false;
+    let mut has_date = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             let Some(n) = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -98,6 +103,7 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Parsed {
         status,
         framing,
         close,
+        has_date,
     })
 }
 
