@@ -135,7 +135,8 @@ impl AdminHandler {
                 return;
             }
             let asked = counters.upgraded.close_all(from);
-            counters.add_cut(from, asked as u64);
+            let long = counters.exchanges.shutdown_all(from);
+            counters.add_cut(from, (asked + long) as u64);
             let drained = counters.wait_drained(from, CUT_GRACE).await;
             let forced = if drained {
                 0
@@ -145,6 +146,7 @@ impl AdminHandler {
             tracing::warn!(
                 slot = %from,
                 upgraded_closed = asked,
+                requests_cut = long,
                 shut_down = forced,
                 still_inflight = counters.inflight(from),
                 "drain timed out; upgraded connections cut"

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::upgraded::UpgradedConns;
+use crate::upgraded::{Exchanges, UpgradedConns};
 use crate::SlotName;
 
 /// Counters of one slot.
@@ -36,6 +36,8 @@ pub struct SlotCounters {
     marks: Mutex<[DrainMark; 2]>,
     /// Upgraded connections, which a drain that times out closes.
     pub upgraded: UpgradedConns,
+    /// The fast path's upstream exchanges, which a drain that times out shuts down.
+    pub exchanges: Exchanges,
 }
 
 impl SlotCounters {

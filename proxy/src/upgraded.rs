@@ -1,4 +1,5 @@
-//! Upgraded connections (WebSockets) per slot, so that a drain that times out can close them.
+//! Open connections per slot, so that a drain that times out can close them: upgraded ones
+//! (WebSockets) and the fast path's upstream exchanges (long polls).
 //!
 //! Pingora gives no handle on a proxied connection's task, so the registry keeps a duplicate of
 //! each upgraded connection's upstream socket. An upgraded connection is never returned to the
@@ -85,5 +86,89 @@ impl UpgradedConns {
             let _ = socket2::SockRef::from(fd).shutdown(Shutdown::Both);
         }
         map.len()
+    }
+}
+
+/// The fast path's upstream connections in use, per slot, by raw descriptor.
+///
+/// A descriptor is registered while its exchange owns the socket and unregistered (under the
+/// same lock) before the socket is closed or parked, so every descriptor in the registry is an
+/// open socket of that exchange. Costs one uncontended lock per request.
+#[derive(Debug, Default)]
+pub struct Exchanges {
+    slots: [Mutex<Slab>; 2],
+    cuts: [AtomicU64; 2],
+}
+
+#[derive(Debug, Default)]
+struct Slab {
+    fds: Vec<Option<RawFd>>,
+    free: Vec<usize>,
+    used: usize,
+}
+
+/// Keeps one exchange registered until dropped.
+pub struct Registered<'a> {
+    reg: &'a Exchanges,
+    slot: SlotName,
+    key: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut slab = self.reg.slots[self.slot.index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slab.fds[self.key] = None;
+        slab.free.push(self.key);
+        slab.used -= 1;
+    }
+}
+
+impl Exchanges {
+    /// Registers the upstream socket `fd` of an exchange on `slot`.
+    #[inline]
+    pub fn register(&self, slot: SlotName, fd: RawFd) -> Registered<'_> {
+        let mut slab = self.slots[slot.index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = match slab.free.pop() {
+            Some(k) => {
+                slab.fds[k] = Some(fd);
+                k
+            }
+            None => {
+                slab.fds.push(Some(fd));
+                slab.fds.len() - 1
+            }
+        };
+        slab.used += 1;
+        Registered {
+            reg: self,
+            slot,
+            key,
+        }
+    }
+
+    /// How many times `slot`'s exchanges were cut; an exchange that sees it change stops.
+    #[inline]
+    pub fn cut_epoch(&self, slot: SlotName) -> u64 {
+        self.cuts[slot.index()].load(Ordering::Acquire)
+    }
+
+    /// Shuts down every registered exchange of `slot`; returns how many.
+    #[allow(unsafe_code)]
+    pub fn shutdown_all(&self, slot: SlotName) -> usize {
+        self.cuts[slot.index()].fetch_add(1, Ordering::AcqRel);
+        let slab = self.slots[slot.index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for fd in slab.fds.iter().flatten() {
+            // SAFETY: a registered descriptor is an open socket owned by a running exchange:
+            // it is unregistered under this lock before its socket is closed (see `Exchanges`).
+            let borrowed = unsafe { BorrowedFd::borrow_raw(*fd) };
+            let _ = socket2::SockRef::from(&borrowed).shutdown(Shutdown::Both);
+        }
+        slab.used
     }
 }

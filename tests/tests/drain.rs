@@ -316,3 +316,27 @@ fn a_dropped_connection_is_retried_on_another_member_for_idempotent_methods_only
     assert!(codes.contains(&502), "{codes:?}");
     assert!(codes.contains(&200), "{codes:?}");
 }
+
+#[test]
+fn a_long_poll_is_cut_when_the_drain_times_out() {
+    let (_b, _g, proxy) = two("[drain]\ntimeout = \"1s\"\n");
+    let addr = proxy.addr;
+    let started = Instant::now();
+    let poll = std::thread::spawn(move || get(addr, "/poll?delay_ms=8000"));
+    assert!(wait_until(Duration::from_secs(5), || inflight(
+        &proxy, "blue"
+    ) == 1));
+    proxy.admin_ok("flip green");
+    let r = poll.join().unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "not cut: took {took:?}");
+    assert_eq!((r.status, r.slot()), (503, Some("blue")));
+    assert!(wait_until(Duration::from_secs(5), || inflight(
+        &proxy, "blue"
+    ) == 0));
+    let status = proxy.admin_ok("status");
+    assert_eq!(status["slots"]["blue"]["cut"], 1, "{status}");
+    assert_eq!(status["slots"]["blue"]["state"], "idle");
+    // The new active slot is untouched.
+    assert_eq!(get(addr, "/").unwrap().text(), "green 1.1.0\n");
+}

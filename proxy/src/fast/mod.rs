@@ -12,6 +12,7 @@
 mod relay;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,6 +138,14 @@ fn parse_request(buf: &[u8]) -> Option<Head> {
         path: (start, start + path.len()),
         close,
     }))
+}
+
+/// One try of a request on one member.
+struct Attempt<'a> {
+    member: &'a Member,
+    slot: SlotName,
+    /// Skip pooled connections (one just turned out stale).
+    fresh_only: bool,
 }
 
 /// How one request on the fast path ended.
@@ -284,27 +293,36 @@ impl FastApp {
         slot: SlotName,
     ) -> (u16, Next) {
         let pool = &routing.slot(slot).pool;
+        let epoch = routing.counters.exchanges.cut_epoch(slot);
         let mut avoid = None;
         let mut fresh_only = false;
         loop {
             let Some(i) = pool.pick(avoid) else {
                 return (self.respond_error(client, slot, 503).await, Next::Close);
             };
-            let member = &pool.members()[i];
-            match self
-                .exchange(client, buf, req, member, slot, fresh_only)
-                .await
-            {
+            let attempt = Attempt {
+                member: &pool.members()[i],
+                slot,
+                fresh_only,
+            };
+            let err = match self.exchange(client, buf, req, routing, attempt).await {
                 Ok(done) => return done,
-                Err(UpstreamError::Stale) => fresh_only = true,
-                Err(UpstreamError::Failed) if avoid.is_none() && pool.members().len() > 1 => {
+                Err(e) => e,
+            };
+            // A slot whose drain timed out is not retried on: its exchanges were cut on purpose.
+            if routing.counters.exchanges.cut_epoch(slot) != epoch {
+                return (self.respond_error(client, slot, 503).await, Next::Close);
+            }
+            match err {
+                UpstreamError::Stale => fresh_only = true,
+                UpstreamError::Failed if avoid.is_none() && pool.members().len() > 1 => {
                     avoid = Some(i);
                     fresh_only = false;
                 }
-                Err(UpstreamError::Failed) => {
+                UpstreamError::Failed => {
                     return (self.respond_error(client, slot, 502).await, Next::Close)
                 }
-                Err(UpstreamError::Timeout) => {
+                UpstreamError::Timeout => {
                     return (self.respond_error(client, slot, 504).await, Next::Close)
                 }
             }
@@ -317,10 +335,14 @@ impl FastApp {
         client: &mut L4Stream,
         buf: &[u8],
         req: &Request,
-        member: &Member,
-        slot: SlotName,
-        fresh_only: bool,
+        routing: &Routing,
+        attempt: Attempt<'_>,
     ) -> Result<(u16, Next), UpstreamError> {
+        let Attempt {
+            member,
+            slot,
+            fresh_only,
+        } = attempt;
         let opts = &member.peer.options;
         let read_timeout = opts.read_timeout.unwrap_or(Duration::from_secs(60));
         let idle_max = opts.idle_timeout.unwrap_or(Duration::from_secs(60));
@@ -334,6 +356,8 @@ impl FastApp {
             Some(c) => c,
             None => connect(member.socket, opts.connection_timeout).await?,
         };
+        // Dropped before `up` (declared after it), so never outlives the socket.
+        let registered = routing.counters.exchanges.register(slot, up.as_raw_fd());
         let stale = |e: UpstreamError| if reused { UpstreamError::Stale } else { e };
         if up.write_all(&buf[..req.head_len]).await.is_err() {
             return Err(stale(UpstreamError::Failed));
@@ -456,6 +480,7 @@ impl FastApp {
             client_ok = false;
         }
         // A slot that left duty while this request ran does not get its connection back.
+        drop(registered);
         if upstream_ok && (complete || client_ok) && self.control.load().takes_traffic(slot) {
             member.idle.put(up, IDLE_PER_MEMBER);
         }
