@@ -1,0 +1,137 @@
+//! The rest of the admin contract: canary weights, deploy, reload, and the metrics endpoint.
+
+use std::time::Duration;
+
+use bascule_tests::http::get;
+use bascule_tests::{free_addr, wait_until, Proxy, ProxyConfig, Upstream};
+
+fn two(extra: &str) -> (Upstream, Upstream, Proxy) {
+    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
+    let green = Upstream::start("127.0.0.1:0", "green", "1.1.0").unwrap();
+    let proxy = Proxy::start(&ProxyConfig {
+        blue: vec![blue.addr()],
+        green: vec![green.addr()],
+        extra: extra.into(),
+        ..Default::default()
+    });
+    (blue, green, proxy)
+}
+
+#[test]
+fn weights_split_new_requests_exactly() {
+    let (_b, _g, proxy) = two("");
+    let v = proxy.admin_ok("weights blue=3 green=1");
+    assert_eq!(v["weights"]["green"], 1);
+    let mut green = 0;
+    for _ in 0..40 {
+        if get(proxy.addr, "/").unwrap().slot() == Some("green") {
+            green += 1;
+        }
+    }
+    assert_eq!(green, 10);
+    let status = proxy.admin_ok("status");
+    assert_eq!(status["slots"]["green"]["state"], "active");
+    // A flip ends the split.
+    proxy.admin_ok("flip blue");
+    assert!((0..10).all(|_| get(proxy.addr, "/").unwrap().slot() == Some("blue")));
+    assert_eq!(proxy.admin("weights blue=0 green=0")["ok"], false);
+}
+
+#[test]
+fn deploy_sets_waits_for_health_flips_and_drains() {
+    let (_b, _g, proxy) = two("[health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\n");
+    let next = Upstream::start("127.0.0.1:0", "green-next", "2.0.0").unwrap();
+    let v = proxy.admin_ok(&format!(
+        "deploy green --upstreams {} --version 2.0.0 --timeout 10s",
+        next.addr()
+    ));
+    assert_eq!(v["active"], "green");
+    assert_eq!(v["drained"], true);
+    let steps: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["set upstreams", "set version", "healthy", "flip", "drain"]
+    );
+    assert_eq!(get(proxy.addr, "/").unwrap().text(), "green-next 2.0.0\n");
+
+    // A deploy to a dead address stops before the flip and says why.
+    let dead = free_addr();
+    let v = proxy.admin(&format!("deploy blue --upstreams {dead} --timeout 1s"));
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not become healthy"),
+        "{v}"
+    );
+    assert_eq!(proxy.admin_ok("status")["active"], "green");
+}
+
+#[test]
+fn reload_applies_a_good_file_and_keeps_the_old_config_on_a_bad_one() {
+    let (blue, _g, proxy) = two("");
+    let other = Upstream::start("127.0.0.1:0", "blue-two", "3.0.0").unwrap();
+    let original = std::fs::read_to_string(&proxy.config).unwrap();
+
+    std::fs::write(&proxy.config, format!("{original}\n[bogus]\n")).unwrap();
+    let v = proxy.admin("reload");
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("bogus"), "{v}");
+    assert_eq!(get(proxy.addr, "/").unwrap().text(), "blue 1.0.0\n");
+
+    let changed = original.replacen(
+        &format!("upstreams = [\"{}\"]\nversion = \"1.0.0\"", blue.addr()),
+        &format!("upstreams = [\"{}\"]\nversion = \"3.0.0\"", other.addr()),
+        1,
+    );
+    assert_ne!(changed, original);
+    std::fs::write(&proxy.config, changed).unwrap();
+    let v = proxy.admin_ok("reload");
+    let changes: Vec<&str> = v["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(changes.contains(&"slots.blue.upstreams"), "{changes:?}");
+    assert!(changes.contains(&"slots.blue.version"), "{changes:?}");
+    assert_eq!(get(proxy.addr, "/").unwrap().text(), "blue-two 3.0.0\n");
+}
+
+#[test]
+fn metrics_are_served_in_prometheus_text() {
+    let metrics = free_addr();
+    let (_b, _g, proxy) = two(&format!("[metrics]\nlisten = \"{metrics}\"\n"));
+    for _ in 0..3 {
+        get(proxy.addr, "/").unwrap();
+    }
+    proxy.admin_ok("flip green");
+    get(proxy.addr, "/").unwrap();
+    let mut text = String::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        text = get(metrics, "/metrics")
+            .map(|r| r.text())
+            .unwrap_or_default();
+        text.contains("bascule_requests_total")
+    }));
+    for needle in [
+        "bascule_requests_total{code=\"200\",slot=\"blue\"} 3",
+        "bascule_requests_total{code=\"200\",slot=\"green\"} 1",
+        "bascule_request_duration_seconds_bucket",
+        "bascule_inflight{slot=\"blue\"} 0",
+        "bascule_active_slot{slot=\"green\"} 1",
+        "bascule_active_slot{slot=\"blue\"} 0",
+        "bascule_flips_total 1",
+        "bascule_upstream_healthy{slot=\"blue\"",
+        "bascule_drain_duration_seconds",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    assert_eq!(get(metrics, "/other").unwrap().status, 404);
+}
