@@ -12,6 +12,8 @@ use pingora::prelude::Opt;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
@@ -86,7 +88,12 @@ impl App {
             FastApp::new(control.clone(), statics, full),
         );
         for addr in &config.listen {
-            proxy.add_tcp(&addr.to_string());
+            // The fast path reads into its own buffer and writes whole responses at once:
+            // Pingora's L4 buffers (64 KiB read per connection) would only add a copy and
+            // memory per idle connection.
+            let endpoint =
+                ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::unbuffered());
+            proxy.add_listener(endpoint);
         }
         server.add_service(proxy);
 

@@ -40,6 +40,8 @@ use relay::{Chunked, Framing, Parsed, ResponseHead};
 const MAX_HEAD: usize = 64 * 1024;
 /// Time an idle client connection is kept between two requests (Pingora's default too).
 const CLIENT_IDLE: Duration = Duration::from_secs(60);
+/// Buffer an idle client connection waits with.
+const IDLE_BUF: usize = 2048;
 /// Read size for both sides.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -188,7 +190,8 @@ impl ServerApp for FastApp {
                         break Head::Handover;
                     }
                 }
-                buf.reserve(READ_CHUNK);
+                // An idle connection holds a small buffer; a long head grows it.
+                buf.reserve(if buf.is_empty() { IDLE_BUF } else { READ_CHUNK });
                 let read = tokio::time::timeout(CLIENT_IDLE, client.read_buf(&mut buf)).await;
                 match read {
                     Ok(Ok(n)) if n > 0 => {}
@@ -201,6 +204,9 @@ impl ServerApp for FastApp {
             };
             let next = self.serve(&mut client, &buf, &req).await;
             let _ = buf.split_to(req.head_len);
+            if buf.is_empty() && buf.capacity() > READ_CHUNK {
+                buf = BytesMut::new();
+            }
             match next {
                 Next::KeepAlive if !*shutdown.borrow() => continue,
                 _ => return None,
