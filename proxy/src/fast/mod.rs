@@ -40,8 +40,10 @@ use relay::{Chunked, Framing, Parsed, ResponseHead};
 const MAX_HEAD: usize = 64 * 1024;
 /// Time an idle client connection is kept between two requests (Pingora's default too).
 const CLIENT_IDLE: Duration = Duration::from_secs(60);
-/// Buffer an idle client connection waits with.
-const IDLE_BUF: usize = 2048;
+/// Bytes read before a request's buffer exists.
+const FIRST_READ: usize = 512;
+/// Smallest request buffer.
+const IDLE_BUF: usize = 1024;
 /// Read size for both sides.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -179,7 +181,7 @@ impl ServerApp for FastApp {
             Ok(s) => s,
             Err(_) => return None,
         };
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut buf = BytesMut::new();
         loop {
             let head = loop {
                 if !buf.is_empty() {
@@ -190,9 +192,20 @@ impl ServerApp for FastApp {
                         break Head::Handover;
                     }
                 }
-                // An idle connection holds a small buffer; a long head grows it.
-                buf.reserve(if buf.is_empty() { IDLE_BUF } else { READ_CHUNK });
-                let read = tokio::time::timeout(CLIENT_IDLE, client.read_buf(&mut buf)).await;
+                let read = if buf.is_empty() {
+                    // An idle connection holds no buffer: the first bytes land in the task's
+                    // own state and are copied into one sized for them.
+                    let mut first = [0u8; FIRST_READ];
+                    let read = tokio::time::timeout(CLIENT_IDLE, client.read(&mut first)).await;
+                    if let Ok(Ok(n)) = read {
+                        buf = BytesMut::with_capacity(n.max(IDLE_BUF));
+                        buf.extend_from_slice(&first[..n]);
+                    }
+                    read
+                } else {
+                    buf.reserve(READ_CHUNK);
+                    tokio::time::timeout(CLIENT_IDLE, client.read_buf(&mut buf)).await
+                };
                 match read {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return None,
@@ -200,11 +213,13 @@ impl ServerApp for FastApp {
             };
             let req = match head {
                 Head::Fast(req) => req,
-                Head::Handover => return self.hand_over(client, &buf, shutdown).await,
+                // Boxed: Pingora's session future is large, and inline it would size every
+                // connection's task.
+                Head::Handover => return Box::pin(self.hand_over(client, &buf, shutdown)).await,
             };
             let next = self.serve(&mut client, &buf, &req).await;
             let _ = buf.split_to(req.head_len);
-            if buf.is_empty() && buf.capacity() > READ_CHUNK {
+            if buf.is_empty() {
                 buf = BytesMut::new();
             }
             match next {
