@@ -253,7 +253,8 @@ impl StaticFiles {
             return None;
         };
         if !inside(root, &full) {
-            return None;
+            // A symlink out of the root: refused outright, never a fallback page.
+            return Some(StaticResponse::error(404, "not found\n"));
         }
         let cache_control = if hashed {
             IMMUTABLE.to_string()

@@ -159,6 +159,40 @@ mod tests {
         }
     }
 
+    /// Property test over random paths built from the characters that matter: whatever
+    /// `resolve` accepts is relative, made of normal components only, with no NUL or backslash.
+    #[test]
+    fn resolve_never_escapes_on_random_input() {
+        use std::path::Component;
+        const ALPHABET: &[&str] = &[
+            "/", ".", "..", "%", "2", "e", "E", "f", "F", "0", "5", "c", "C", "a", "\\", "%2e",
+            "%2f", "%5c", "%00", "%2E", "%2F", "x", "?", "#", "%ff", "~",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..100_000 {
+            let len = (next() % 12) as usize;
+            let mut p = String::from("/");
+            for _ in 0..len {
+                p.push_str(ALPHABET[(next() % ALPHABET.len() as u64) as usize]);
+            }
+            if let Ok(rel) = resolve(&p) {
+                assert!(rel.is_relative(), "{p} -> {rel:?}");
+                assert!(
+                    rel.components().all(|c| matches!(c, Component::Normal(_))),
+                    "{p} -> {rel:?}"
+                );
+                let s = rel.to_string_lossy();
+                assert!(!s.contains('\0') && !s.contains('\\'), "{p} -> {rel:?}");
+            }
+        }
+    }
+
     #[test]
     fn hashed_names() {
         let h = |n: &str| is_hashed(Path::new(n), 8);
