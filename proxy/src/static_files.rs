@@ -564,9 +564,14 @@ impl StaticResponse {
         match self.body {
             _ if head_only => w.write_all(&out).await?,
             Body::Empty => w.write_all(&out).await?,
-            Body::Bytes(b) => {
+            // Small bodies go out with the head in one write; large ones are not copied.
+            Body::Bytes(b) if b.len() <= 16 * 1024 => {
                 out.extend_from_slice(&b);
                 w.write_all(&out).await?;
+            }
+            Body::Bytes(b) => {
+                w.write_all(&out).await?;
+                w.write_all(&b).await?;
             }
             Body::File {
                 mut file,

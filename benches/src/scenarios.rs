@@ -1,0 +1,305 @@
+//! The scenarios: each runs nginx and Bascule alternately under the same load.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::procs::{cpu_ticks, hwm_kb, rss_kb, ticks_per_second};
+use crate::report::{Row, Scenario};
+use crate::setup::{Lab, ASSET_100K, ASSET_1K, LOAD_CORE};
+use crate::Opts;
+
+const WRK_LUA: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    e.connect + e.read + e.write + e.timeout + e.status))
+end
+"#;
+
+/// One wrk run's numbers.
+struct Wrk {
+    requests: u64,
+    seconds: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+}
+
+fn wrk(lab: &Lab, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<Wrk> {
+    let script = lab.dir.path().join("report.lua");
+    if !script.exists() {
+        std::fs::write(&script, WRK_LUA)?;
+    }
+    let out = Command::new("taskset")
+        .args(["-c", &LOAD_CORE.to_string()])
+        .arg(&lab.wrk)
+        .args(["-t1", "-c50"])
+        .arg(format!("-d{secs}s"))
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("http://{addr}{path}"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or_else(|| anyhow::anyhow!("wrk printed no result:\n{text}"))?;
+    let n: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    anyhow::ensure!(n.len() == 6, "unexpected wrk result `{line}`");
+    Ok(Wrk {
+        requests: n[0] as u64,
+        seconds: n[1] / 1e6,
+        p50: n[2],
+        p99: n[3],
+        p999: n[4],
+        errors: n[5] as u64,
+    })
+}
+
+/// One measured run of `system` at `addr`, CPU accounted to `pids`.
+fn measure(
+    lab: &Lab,
+    system: &str,
+    addr: SocketAddr,
+    pids: &[u32],
+    path: &str,
+    secs: u64,
+) -> anyhow::Result<Row> {
+    let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    let w = wrk(lab, addr, path, secs)?;
+    let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    // A reload replaces nginx workers mid-run; their ticks are lost, hence saturating.
+    let cpu_s = after.saturating_sub(before) as f64 / ticks_per_second();
+    Ok(Row {
+        system: system.into(),
+        rps: w.requests as f64 / w.seconds.max(1e-9),
+        p50_us: w.p50,
+        p99_us: w.p99,
+        p999_us: w.p999,
+        cpu_s_per_100k: cpu_s * 100_000.0 / (w.requests.max(1) as f64),
+        peak_rss_kb: hwm_kb(pids),
+        errors: w.errors,
+        note: String::new(),
+    })
+}
+
+fn median_row(mut rows: Vec<Row>) -> Row {
+    rows.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    let errors = rows.iter().map(|r| r.errors).sum();
+    let mut m = rows.swap_remove(rows.len() / 2);
+    m.errors = errors;
+    m
+}
+
+fn throughput(name: &str, lab: &Lab, opts: &Opts, path: &str) -> anyhow::Result<Scenario> {
+    let nginx_pids = lab.nginx_pids();
+    let bascule_pids = [lab.bascule_pid];
+    // Warm both (pools, caches) before measuring.
+    wrk(lab, lab.nginx_addr, path, 1)?;
+    wrk(lab, lab.bascule_addr, path, 1)?;
+    let (mut n, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..opts.rounds {
+        n.push(measure(
+            lab,
+            "nginx",
+            lab.nginx_addr,
+            &nginx_pids,
+            path,
+            opts.duration,
+        )?);
+        b.push(measure(
+            lab,
+            "bascule",
+            lab.bascule_addr,
+            &bascule_pids,
+            path,
+            opts.duration,
+        )?);
+    }
+    Ok(Scenario::new(name, vec![median_row(n), median_row(b)]))
+}
+
+fn admin(lab: &Lab, line: &str) -> anyhow::Result<()> {
+    let mut s = std::os::unix::net::UnixStream::connect(&lab.admin)?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply)?;
+    anyhow::ensure!(reply.contains("\"ok\":true"), "`{line}` refused: {reply}");
+    Ok(())
+}
+
+/// Runs `switch` every `every` while `measure` runs; returns the row and the switch count.
+fn while_switching(
+    every: Duration,
+    switch: impl Fn(usize) -> anyhow::Result<()> + Send + Sync + 'static,
+    measure: impl FnOnce() -> anyhow::Result<Row>,
+) -> anyhow::Result<(Row, usize)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> anyhow::Result<usize> {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(every);
+                switch(n)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    };
+    let row = measure();
+    stop.store(true, Ordering::Relaxed);
+    let n = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("switcher panicked"))??;
+    Ok((row?, n))
+}
+
+fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
+    let secs = opts.duration;
+    let nginx_pids = lab.nginx_pids();
+    let steady_n = measure(lab, "nginx", lab.nginx_addr, &nginx_pids, "/", secs)?;
+    let (include, nginx, conf, ups) = (
+        lab.upstream_include.clone(),
+        lab.nginx.clone(),
+        lab.nginx_conf.clone(),
+        lab.upstreams,
+    );
+    let prefix = lab.dir.path().display().to_string();
+    let (mut reload_n, reloads) = while_switching(
+        Duration::from_millis(500),
+        move |i| {
+            std::fs::write(&include, format!("server {};\n", ups[(i + 1) % 2]))?;
+            let st = Command::new(&nginx)
+                .args(["-p", &prefix, "-c"])
+                .arg(&conf)
+                .args(["-s", "reload"])
+                .output()?;
+            anyhow::ensure!(st.status.success(), "nginx -s reload failed");
+            Ok(())
+        },
+        || measure(lab, "nginx", lab.nginx_addr, &lab.nginx_pids(), "/", secs),
+    )?;
+    reload_n.note = format!(
+        "{reloads} reloads (every 500 ms); {:.0}% of steady {:.0} req/s",
+        100.0 * reload_n.rps / steady_n.rps,
+        steady_n.rps
+    );
+    let steady_b = measure(
+        lab,
+        "bascule",
+        lab.bascule_addr,
+        &[lab.bascule_pid],
+        "/",
+        secs,
+    )?;
+    let admin_sock = lab.admin.clone();
+    let lab_admin = move |i: usize| {
+        let slot = if i.is_multiple_of(2) { "green" } else { "blue" };
+        let mut s = std::os::unix::net::UnixStream::connect(&admin_sock)?;
+        s.write_all(format!("flip {slot} --force\n").as_bytes())?;
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply)?;
+        anyhow::ensure!(reply.contains("\"ok\":true"), "flip refused: {reply}");
+        Ok(())
+    };
+    let (mut flips_b, flips) = while_switching(Duration::from_millis(100), lab_admin, || {
+        measure(
+            lab,
+            "bascule",
+            lab.bascule_addr,
+            &[lab.bascule_pid],
+            "/",
+            secs,
+        )
+    })?;
+    admin(lab, "flip blue --force")?;
+    flips_b.note = format!(
+        "{flips} flips (every 100 ms); {:.0}% of steady {:.0} req/s",
+        100.0 * flips_b.rps / steady_b.rps,
+        steady_b.rps
+    );
+    Ok(Scenario::new("flips", vec![reload_n, flips_b]))
+}
+
+/// Holds `n` keep-alive connections, each after one request, and reports RSS per connection.
+fn idle(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
+    let mut rows = Vec::new();
+    for (system, addr, pids) in [
+        ("nginx", lab.nginx_addr, lab.nginx_pids()),
+        ("bascule", lab.bascule_addr, vec![lab.bascule_pid]),
+    ] {
+        let before = rss_kb(&pids);
+        let mut conns = Vec::with_capacity(opts.conns);
+        let mut errors = 0;
+        for _ in 0..opts.conns {
+            match one_request(addr) {
+                Ok(c) => conns.push(c),
+                Err(_) => errors += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss_kb(&pids);
+        let held = conns.len().max(1) as f64;
+        rows.push(Row {
+            system: system.into(),
+            rps: 0.0,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            p999_us: 0.0,
+            cpu_s_per_100k: 0.0,
+            peak_rss_kb: hwm_kb(&pids),
+            errors,
+            note: format!(
+                "{} idle connections: RSS {before} -> {after} KiB, {:.0} bytes each",
+                conns.len(),
+                (after.saturating_sub(before)) as f64 * 1024.0 / held
+            ),
+        });
+        drop(conns);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(Scenario::new("idle-conns", rows))
+}
+
+fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    let mut reader = BufReader::new(s.try_clone()?);
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; len];
+    std::io::Read::read_exact(&mut reader, &mut body)?;
+    Ok(s)
+}
+
+/// Runs scenario `name`.
+pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
+    match name {
+        "proxy" => throughput("proxy", lab, opts, "/"),
+        "static-1k" => throughput("static-1k", lab, opts, ASSET_1K),
+        "static-100k" => throughput("static-100k", lab, opts, ASSET_100K),
+        "flips" => flips(lab, opts),
+        "idle-conns" => idle(lab, opts),
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
+}

@@ -1,0 +1,250 @@
+//! The lab: an upstream, nginx and Bascule, each on its core, in a temp dir.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::procs::{spawn_pinned, Guard};
+
+/// Core of the systems under test.
+pub(crate) const PROXY_CORE: u32 = 0;
+/// Core of the load generator and the upstream.
+pub(crate) const LOAD_CORE: u32 = 1;
+/// The 1 KB hashed asset.
+pub(crate) const ASSET_1K: &str = "/assets/app-3f9a1c2b.js";
+/// The 100 KB hashed asset.
+pub(crate) const ASSET_100K: &str = "/assets/vendor-7e6d5c4b.js";
+
+/// External tools.
+pub(crate) struct Tools {
+    /// nginx.
+    pub(crate) nginx: PathBuf,
+    /// wrk.
+    pub(crate) wrk: PathBuf,
+}
+
+fn which(name: &str, also: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .chain(also.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+impl Tools {
+    /// nginx, wrk and taskset, if all are here.
+    pub(crate) fn find() -> Option<Tools> {
+        which("taskset", &[])?;
+        Some(Tools {
+            nginx: which("nginx", &["/usr/sbin/nginx"])?,
+            wrk: which("wrk", &[])?,
+        })
+    }
+}
+
+/// The bascule binary: release, or (smoke runs) debug; built when missing.
+pub(crate) fn bascule_binary(smoke: bool) -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let release = target.join("release/bascule");
+    let debug = target.join("debug/bascule");
+    if release.is_file() {
+        return Ok(release);
+    }
+    if smoke && debug.is_file() {
+        return Ok(debug);
+    }
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-q", "-p", "bascule-proxy", "--bin", "bascule"]);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    anyhow::ensure!(cmd.status()?.success(), "cargo build of bascule failed");
+    Ok(target.join(profile).join("bascule"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{addr} never accepted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Everything running for the benchmarks.
+pub(crate) struct Lab {
+    /// The temp dir.
+    pub(crate) dir: tempfile::TempDir,
+    /// nginx front: proxy and static on one port.
+    pub(crate) nginx_addr: SocketAddr,
+    /// Bascule.
+    pub(crate) bascule_addr: SocketAddr,
+    /// Bascule's admin socket.
+    pub(crate) admin: PathBuf,
+    /// Bascule's process id.
+    pub(crate) bascule_pid: u32,
+    /// nginx front's pid file.
+    pub(crate) nginx_pid_file: PathBuf,
+    /// nginx binary, for reloads.
+    pub(crate) nginx: PathBuf,
+    /// wrk binary.
+    pub(crate) wrk: PathBuf,
+    /// Front config, for reloads.
+    pub(crate) nginx_conf: PathBuf,
+    /// Upstream include the flip scenario rewrites.
+    pub(crate) upstream_include: PathBuf,
+    /// The two upstream addresses (blue, green).
+    pub(crate) upstreams: [SocketAddr; 2],
+    _procs: Vec<Guard>,
+}
+
+fn nginx_common(dir: &Path, name: &str) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/{name}.pid;\nerror_log {d}/{name}.err;\nworker_rlimit_nofile 20000;\n\
+         events {{ worker_connections 20000; }}\n"
+    )
+}
+
+fn temp_paths(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n"
+    )
+}
+
+impl Lab {
+    /// Writes the site and configs, starts the upstreams, nginx and Bascule.
+    pub(crate) fn start(tools: &crate::setup::Tools, bascule: &Path) -> anyhow::Result<Lab> {
+        let dir = tempfile::Builder::new()
+            .prefix("bascule-bench-")
+            .tempdir()?;
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("tmp"))?;
+        let site = d.join("site");
+        std::fs::create_dir_all(site.join("assets"))?;
+        let filler = |n: usize| -> Vec<u8> { (0..n).map(|i| b"abcdefghij"[i % 10]).collect() };
+        std::fs::write(site.join(&ASSET_1K[1..]), filler(1024))?;
+        std::fs::write(site.join(&ASSET_100K[1..]), filler(100 * 1024))?;
+        std::fs::write(site.join("index.html"), b"<!doctype html>")?;
+
+        let mut procs = Vec::new();
+        // Two upstreams (blue, green) in one nginx worker on the load core.
+        let (ub, ug) = (free_port()?, free_port()?);
+        let up_conf = d.join("upstream.conf");
+        std::fs::write(
+            &up_conf,
+            format!(
+                "{}http {{ access_log off; {} keepalive_requests 100000000;\n\
+                 server {{ listen 127.0.0.1:{ub}; location / {{ return 200 \"ok\\n\"; }} }}\n\
+                 server {{ listen 127.0.0.1:{ug}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+                nginx_common(d, "upstream"),
+                temp_paths(d)
+            ),
+        )?;
+        let prefix = d.display().to_string();
+        procs.push(spawn_pinned(
+            crate::setup::LOAD_CORE,
+            &tools.nginx,
+            &["-p", &prefix, "-c", &up_conf.display().to_string()],
+        )?);
+        let upstreams: [SocketAddr; 2] = [
+            format!("127.0.0.1:{ub}").parse()?,
+            format!("127.0.0.1:{ug}").parse()?,
+        ];
+        wait_port(upstreams[0])?;
+
+        // nginx front: proxy with upstream keepalive, and the same site with sendfile.
+        let front = free_port()?;
+        let include = d.join("active-upstream.conf");
+        std::fs::write(&include, format!("server 127.0.0.1:{ub};\n"))?;
+        let nginx_conf = d.join("front.conf");
+        std::fs::write(
+            &nginx_conf,
+            format!(
+                "{}http {{ include /etc/nginx/mime.types; access_log off; {} keepalive_requests 100000000;\n\
+                 sendfile on; tcp_nopush on; open_file_cache max=1000 inactive=60s;\n\
+                 upstream app {{ include {inc}; keepalive 64; keepalive_requests 100000000; }}\n\
+                 server {{ listen 127.0.0.1:{front}; root {site};\n\
+                   location /assets/ {{ expires 1y; add_header Cache-Control \"public, immutable\"; }}\n\
+                   location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+                nginx_common(d, "front"),
+                temp_paths(d),
+                inc = include.display(),
+                site = site.display(),
+            ),
+        )?;
+        procs.push(spawn_pinned(
+            crate::setup::PROXY_CORE,
+            &tools.nginx,
+            &["-p", &prefix, "-c", &nginx_conf.display().to_string()],
+        )?);
+        let nginx_addr: SocketAddr = format!("127.0.0.1:{front}").parse()?;
+        wait_port(nginx_addr)?;
+
+        // Bascule: one thread, same site, same upstreams.
+        let bport = free_port()?;
+        let admin = d.join("admin.sock");
+        let conf = d.join("bascule.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "[listen]\nhttp = [\"127.0.0.1:{bport}\"]\n[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
+                 [slots.blue]\nupstreams = [\"{b}\"]\nstatic_root = \"{s}\"\n\
+                 [slots.green]\nupstreams = [\"{g}\"]\nstatic_root = \"{s}\"\n\
+                 [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n",
+                a = admin.display(),
+                b = upstreams[0],
+                g = upstreams[1],
+                s = site.display(),
+            ),
+        )?;
+        let guard = spawn_pinned(
+            crate::setup::PROXY_CORE,
+            bascule,
+            &["serve", "-c", &conf.display().to_string()],
+        )?;
+        // taskset execs the program, so the child's pid is Bascule's.
+        let bascule_pid = guard.0.id();
+        procs.push(guard);
+        let bascule_addr: SocketAddr = format!("127.0.0.1:{bport}").parse()?;
+        wait_port(bascule_addr)?;
+        Ok(Lab {
+            nginx_pid_file: d.join("front.pid"),
+            dir,
+            nginx_addr,
+            bascule_addr,
+            admin,
+            bascule_pid,
+            nginx: tools.nginx.clone(),
+            wrk: tools.wrk.clone(),
+            nginx_conf,
+            upstream_include: include,
+            upstreams,
+            _procs: procs,
+        })
+    }
+
+    /// nginx front's master and workers.
+    pub(crate) fn nginx_pids(&self) -> Vec<u32> {
+        let master: u32 = std::fs::read_to_string(&self.nginx_pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let mut pids = vec![master];
+        pids.extend(crate::procs::children(master));
+        pids
+    }
+}
