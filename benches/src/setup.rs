@@ -132,6 +132,8 @@ impl Lab {
             .prefix("bascule-bench-")
             .tempdir()?;
         let d = dir.path();
+        // nginx started as root serves with unprivileged workers: they must read the site.
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         std::fs::create_dir_all(d.join("tmp"))?;
         let site = d.join("site");
         std::fs::create_dir_all(site.join("assets"))?;
