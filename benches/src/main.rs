@@ -4,6 +4,7 @@
 //! and the upstream (an nginx worker answering `ok`) on core 1; runs alternate (nginx, Bascule,
 //! nginx, …) and medians are compared as a ratio. Results go to `target/bench-report/`.
 
+mod loadgen;
 mod procs;
 mod report;
 mod scenarios;
@@ -20,7 +21,7 @@ use clap::Parser;
     about = "Bascule beside nginx, same core, same load"
 )]
 pub(crate) struct Opts {
-    /// Scenarios to run (proxy, static-1k, static-100k, flips, idle-conns); default: all.
+    /// Scenarios to run (proxy, static-1k, static-100k, latency, flips, idle-conns); default: all.
     #[arg(long = "scenario")]
     pub(crate) scenarios: Vec<String>,
     /// Seconds per run.
@@ -35,12 +36,25 @@ pub(crate) struct Opts {
     /// Seconds-long run of every scenario that only checks the harness works.
     #[arg(long)]
     pub(crate) smoke: bool,
+    /// Internal: run the open-loop generator (`ADDR PATH RATE SECS`) and exit.
+    #[arg(long, num_args = 4, hide = true)]
+    pub(crate) loadgen: Vec<String>,
 }
 
-const ALL: [&str; 5] = ["proxy", "static-1k", "static-100k", "flips", "idle-conns"];
+const ALL: [&str; 6] = [
+    "proxy",
+    "static-1k",
+    "static-100k",
+    "latency",
+    "flips",
+    "idle-conns",
+];
 
 fn main() -> anyhow::Result<()> {
     let mut opts = Opts::parse();
+    if let [addr, path, rate, secs] = opts.loadgen.as_slice() {
+        return loadgen::run(addr.parse()?, path, rate.parse()?, secs.parse()?);
+    }
     if opts.smoke {
         opts.duration = 1;
         opts.rounds = 1;

@@ -292,12 +292,71 @@ fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
+/// Open-loop latency at half of nginx's measured maximum, same rate for both.
+fn latency(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
+    let max = wrk(lab, lab.nginx_addr, "/", opts.duration.min(3))?;
+    let rate = 0.5 * max.requests as f64 / max.seconds.max(1e-9);
+    let exe = std::env::current_exe()?;
+    let run = |system: &str, addr: SocketAddr, pids: &[u32]| -> anyhow::Result<Row> {
+        let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+        let out = Command::new("taskset")
+            .args(["-c", &LOAD_CORE.to_string()])
+            .arg(&exe)
+            .arg("--loadgen")
+            .args([
+                addr.to_string(),
+                "/".into(),
+                format!("{rate:.0}"),
+                opts.duration.to_string(),
+            ])
+            .output()?;
+        let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .ok_or_else(|| anyhow::anyhow!("load generator printed no result: {text}"))?;
+        let n: Vec<f64> = line
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        anyhow::ensure!(n.len() == 6, "unexpected result `{line}`");
+        let cpu_s = after.saturating_sub(before) as f64 / ticks_per_second();
+        Ok(Row {
+            system: system.into(),
+            rps: n[0] / (n[1] / 1e6),
+            p50_us: n[2],
+            p99_us: n[3],
+            p999_us: n[4],
+            cpu_s_per_100k: cpu_s * 100_000.0 / n[0].max(1.0),
+            peak_rss_kb: hwm_kb(pids),
+            errors: n[5] as u64,
+            note: format!("open loop at {rate:.0} req/s (50% of nginx's max)"),
+        })
+    };
+    let (mut n, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..opts.rounds {
+        n.push(run("nginx", lab.nginx_addr, &lab.nginx_pids())?);
+        b.push(run("bascule", lab.bascule_addr, &[lab.bascule_pid])?);
+    }
+    // The median run by p99, the figure this scenario is about.
+    let by_p99 = |mut rows: Vec<Row>| {
+        rows.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
+        let errors = rows.iter().map(|r| r.errors).sum();
+        let mut m = rows.swap_remove(rows.len() / 2);
+        m.errors = errors;
+        m
+    };
+    Ok(Scenario::new("latency", vec![by_p99(n), by_p99(b)]))
+}
+
 /// Runs scenario `name`.
 pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
     match name {
         "proxy" => throughput("proxy", lab, opts, "/"),
         "static-1k" => throughput("static-1k", lab, opts, ASSET_1K),
         "static-100k" => throughput("static-100k", lab, opts, ASSET_100K),
+        "latency" => latency(lab, opts),
         "flips" => flips(lab, opts),
         "idle-conns" => idle(lab, opts),
         other => anyhow::bail!("unknown scenario {other}"),
