@@ -45,16 +45,7 @@ fn wrk(lab: &Lab, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<Wrk
         .arg(&script)
         .arg(format!("http://{addr}{path}"))
         .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .ok_or_else(|| anyhow::anyhow!("wrk printed no result:\n{text}"))?;
-    let n: Vec<f64> = line
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    anyhow::ensure!(n.len() == 6, "unexpected wrk result `{line}`");
+    let n = result_line(&out.stdout)?;
     Ok(Wrk {
         requests: n[0] as u64,
         seconds: n[1] / 1e6,
@@ -63,6 +54,22 @@ fn wrk(lab: &Lab, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<Wrk
         p999: n[4],
         errors: n[5] as u64,
     })
+}
+
+/// The six numbers of the `RESULT` line that wrk's script and the open-loop generator print:
+/// requests, duration µs, p50, p99, p99.9 µs, errors.
+fn result_line(stdout: &[u8]) -> anyhow::Result<Vec<f64>> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or_else(|| anyhow::anyhow!("the load generator printed no result:\n{text}"))?;
+    let n: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    anyhow::ensure!(n.len() == 6, "unexpected result `{line}`");
+    Ok(n)
 }
 
 /// One measured run of `system` at `addr`, CPU accounted to `pids`.
@@ -92,8 +99,9 @@ fn measure(
     })
 }
 
-fn median_row(mut rows: Vec<Row>) -> Row {
-    rows.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+/// The median run by `key`, carrying the errors of all runs.
+fn median_by(mut rows: Vec<Row>, key: impl Fn(&Row) -> f64) -> Row {
+    rows.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let errors = rows.iter().map(|r| r.errors).sum();
     let mut m = rows.swap_remove(rows.len() / 2);
     m.errors = errors;
@@ -125,7 +133,11 @@ fn throughput(name: &str, lab: &Lab, opts: &Opts, path: &str) -> anyhow::Result<
             opts.duration,
         )?);
     }
-    Ok(Scenario::new(name, vec![median_row(n), median_row(b)]))
+    let by_rps = |r: &Row| r.rps;
+    Ok(Scenario::new(
+        name,
+        vec![median_by(n, by_rps), median_by(b, by_rps)],
+    ))
 }
 
 fn admin(lab: &Lab, line: &str) -> anyhow::Result<()> {
@@ -311,16 +323,7 @@ fn latency(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
             ])
             .output()?;
         let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("RESULT "))
-            .ok_or_else(|| anyhow::anyhow!("load generator printed no result: {text}"))?;
-        let n: Vec<f64> = line
-            .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0.0))
-            .collect();
-        anyhow::ensure!(n.len() == 6, "unexpected result `{line}`");
+        let n = result_line(&out.stdout)?;
         let cpu_s = after.saturating_sub(before) as f64 / ticks_per_second();
         Ok(Row {
             system: system.into(),
@@ -340,14 +343,11 @@ fn latency(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
         b.push(run("bascule", lab.bascule_addr, &[lab.bascule_pid])?);
     }
     // The median run by p99, the figure this scenario is about.
-    let by_p99 = |mut rows: Vec<Row>| {
-        rows.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
-        let errors = rows.iter().map(|r| r.errors).sum();
-        let mut m = rows.swap_remove(rows.len() / 2);
-        m.errors = errors;
-        m
-    };
-    Ok(Scenario::new("latency", vec![by_p99(n), by_p99(b)]))
+    let by_p99 = |r: &Row| r.p99_us;
+    Ok(Scenario::new(
+        "latency",
+        vec![median_by(n, by_p99), median_by(b, by_p99)],
+    ))
 }
 
 /// Runs scenario `name`.

@@ -6,4 +6,4 @@ mod proxy;
 pub mod ws;
 
 pub use bascule_proxy::demo::Upstream;
-pub use proxy::{bascule_bin, free_addr, wait_until, Proxy, ProxyConfig};
+pub use proxy::{bascule_bin, free_addr, two_slots, wait_until, Proxy, ProxyConfig};

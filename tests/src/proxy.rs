@@ -267,3 +267,17 @@ impl Drop for Proxy {
         self.stop();
     }
 }
+
+/// A blue (`blue 1.0.0`) and a green (`green 1.1.0`) upstream and a proxy over them, with
+/// `extra` TOML appended to its config.
+pub fn two_slots(extra: &str) -> (crate::Upstream, crate::Upstream, Proxy) {
+    let blue = crate::Upstream::start("127.0.0.1:0", "blue", "1.0.0").expect("blue upstream");
+    let green = crate::Upstream::start("127.0.0.1:0", "green", "1.1.0").expect("green upstream");
+    let proxy = Proxy::start(&ProxyConfig {
+        blue: vec![blue.addr()],
+        green: vec![green.addr()],
+        extra: extra.into(),
+        ..Default::default()
+    });
+    (blue, green, proxy)
+}

@@ -3,23 +3,11 @@
 use std::time::Duration;
 
 use bascule_tests::http::get;
-use bascule_tests::{free_addr, wait_until, Proxy, ProxyConfig, Upstream};
-
-fn two(extra: &str) -> (Upstream, Upstream, Proxy) {
-    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
-    let green = Upstream::start("127.0.0.1:0", "green", "1.1.0").unwrap();
-    let proxy = Proxy::start(&ProxyConfig {
-        blue: vec![blue.addr()],
-        green: vec![green.addr()],
-        extra: extra.into(),
-        ..Default::default()
-    });
-    (blue, green, proxy)
-}
+use bascule_tests::{free_addr, two_slots, wait_until, Upstream};
 
 #[test]
 fn weights_split_new_requests_exactly() {
-    let (_b, _g, proxy) = two("");
+    let (_b, _g, proxy) = two_slots("");
     let v = proxy.admin_ok("weights blue=3 green=1");
     assert_eq!(v["weights"]["green"], 1);
     let mut green = 0;
@@ -39,7 +27,7 @@ fn weights_split_new_requests_exactly() {
 
 #[test]
 fn deploy_sets_waits_for_health_flips_and_drains() {
-    let (_b, _g, proxy) = two("[health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\n");
+    let (_b, _g, proxy) = two_slots("[health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\n");
     let next = Upstream::start("127.0.0.1:0", "green-next", "2.0.0").unwrap();
     let v = proxy.admin_ok(&format!(
         "deploy green --upstreams {} --version 2.0.0 --timeout 10s",
@@ -75,7 +63,7 @@ fn deploy_sets_waits_for_health_flips_and_drains() {
 
 #[test]
 fn reload_applies_a_good_file_and_keeps_the_old_config_on_a_bad_one() {
-    let (blue, _g, proxy) = two("");
+    let (blue, _g, proxy) = two_slots("");
     let other = Upstream::start("127.0.0.1:0", "blue-two", "3.0.0").unwrap();
     let original = std::fs::read_to_string(&proxy.config).unwrap();
 
@@ -107,7 +95,7 @@ fn reload_applies_a_good_file_and_keeps_the_old_config_on_a_bad_one() {
 #[test]
 fn metrics_are_served_in_prometheus_text() {
     let metrics = free_addr();
-    let (_b, _g, proxy) = two(&format!("[metrics]\nlisten = \"{metrics}\"\n"));
+    let (_b, _g, proxy) = two_slots(&format!("[metrics]\nlisten = \"{metrics}\"\n"));
     for _ in 0..3 {
         get(proxy.addr, "/").unwrap();
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bascule_tests::http::{get, Conn};
 use bascule_tests::ws::WsUpstream;
-use bascule_tests::{wait_until, Proxy, ProxyConfig, Upstream};
+use bascule_tests::{two_slots, wait_until, Proxy, ProxyConfig, Upstream};
 
 fn inflight(proxy: &Proxy, slot: &str) -> u64 {
     proxy.admin_ok("status")["slots"][slot]["inflight"]
@@ -24,21 +24,9 @@ fn state(proxy: &Proxy, slot: &str) -> String {
         .to_string()
 }
 
-fn two(extra: &str) -> (Upstream, Upstream, Proxy) {
-    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
-    let green = Upstream::start("127.0.0.1:0", "green", "1.1.0").unwrap();
-    let proxy = Proxy::start(&ProxyConfig {
-        blue: vec![blue.addr()],
-        green: vec![green.addr()],
-        extra: extra.into(),
-        ..Default::default()
-    });
-    (blue, green, proxy)
-}
-
 #[test]
 fn a_long_request_keeps_its_slot_draining_then_idle_and_drain_wait_returns() {
-    let (_b, _g, proxy) = two("");
+    let (_b, _g, proxy) = two_slots("");
     let addr = proxy.addr;
     assert_eq!(get(addr, "/").unwrap().status, 200);
     assert!(
@@ -87,7 +75,7 @@ fn a_long_request_keeps_its_slot_draining_then_idle_and_drain_wait_returns() {
 
 #[test]
 fn aborted_requests_leave_inflight_at_zero() {
-    let (_b, _g, proxy) = two("");
+    let (_b, _g, proxy) = two_slots("");
     let mut conns: Vec<TcpStream> = (0..8)
         .map(|_| {
             let mut s = TcpStream::connect(proxy.addr).unwrap();
@@ -168,7 +156,7 @@ fn websocket_is_proxied_counted_and_cut_when_the_drain_times_out() {
 #[test]
 fn an_unhealthy_slot_refuses_a_flip_unless_forced() {
     let (_b, green, proxy) =
-        two("[health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\n");
+        two_slots("[health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\n");
     green.set_healthy(false);
     assert!(wait_until(Duration::from_secs(5), || {
         proxy.admin_ok("health")["upstreams"][1]["healthy"] == false
@@ -249,7 +237,7 @@ fn a_member_killed_under_load_fails_no_get() {
 
 #[test]
 fn sigterm_lets_started_requests_finish() {
-    let (_b, _g, mut proxy) = two("");
+    let (_b, _g, mut proxy) = two_slots("");
     let addr = proxy.addr;
     let slow: Vec<_> = (0..5)
         .map(|_| std::thread::spawn(move || get(addr, "/?delay_ms=1000")))
@@ -319,7 +307,7 @@ fn a_dropped_connection_is_retried_on_another_member_for_idempotent_methods_only
 
 #[test]
 fn a_long_poll_is_cut_when_the_drain_times_out() {
-    let (_b, _g, proxy) = two("[drain]\ntimeout = \"1s\"\n");
+    let (_b, _g, proxy) = two_slots("[drain]\ntimeout = \"1s\"\n");
     let addr = proxy.addr;
     let started = Instant::now();
     let poll = std::thread::spawn(move || get(addr, "/poll?delay_ms=8000"));
