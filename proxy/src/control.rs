@@ -114,6 +114,12 @@ impl Control {
         self.routing.load_full()
     }
 
+    /// Whether new requests may go to `slot` now (no reference taken on the snapshot).
+    #[inline]
+    pub fn takes_traffic(&self, slot: SlotName) -> bool {
+        self.routing.load().takes_traffic(slot)
+    }
+
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()

@@ -93,11 +93,29 @@ struct Request {
     head_method: bool,
     path: (usize, usize),
     close: bool,
+    /// Headers static serving reads, as ranges of the buffer (name, value), found in the same
+    /// pass that parses the head.
+    conditional: Vec<((usize, usize), (usize, usize))>,
 }
+
+/// Request headers static serving reads (validators, ranges, encodings).
+const STATIC_HEADERS: [&str; 5] = [
+    "if-none-match",
+    "if-modified-since",
+    "range",
+    "accept-encoding",
+    "if-range",
+];
 
 enum Head {
     Fast(Request),
     Handover,
+}
+
+/// Where `part` (a slice of `buf`) lies in `buf`.
+fn span(buf: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    (start, start + part.len())
 }
 
 /// Parses the request head at the start of `buf`; `None` when more bytes are needed.
@@ -115,6 +133,7 @@ fn parse_request(buf: &[u8]) -> Option<Head> {
         return Some(Head::Handover);
     }
     let mut close = false;
+    let mut conditional = Vec::new();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         match name.len() {
@@ -131,6 +150,12 @@ fn parse_request(buf: &[u8]) -> Option<Head> {
                 }
                 close = v.split(',').any(|t| t.trim() == "close");
             }
+            _ if STATIC_HEADERS
+                .iter()
+                .any(|w| name.eq_ignore_ascii_case(w.as_bytes())) =>
+            {
+                conditional.push((span(buf, name), span(buf, h.value)));
+            }
             _ => {}
         }
     }
@@ -141,6 +166,7 @@ fn parse_request(buf: &[u8]) -> Option<Head> {
         head_method,
         path: (start, start + path.len()),
         close,
+        conditional,
     }))
 }
 
@@ -502,7 +528,7 @@ impl FastApp {
         }
         // A slot that left duty while this request ran does not get its connection back.
         drop(registered);
-        if upstream_ok && (complete || client_ok) && self.control.load().takes_traffic(slot) {
+        if upstream_ok && (complete || client_ok) && self.control.takes_traffic(slot) {
             member.idle.put(up, IDLE_PER_MEMBER);
         }
         let next = if client_ok && !req.close && !head.close {
@@ -574,23 +600,11 @@ async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStrea
 
 /// A Pingora request header carrying what static serving reads: method, path and validators.
 fn static_request(buf: &[u8], req: &Request) -> Option<RequestHeader> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Request::new(&mut headers);
-    parsed.parse(&buf[..req.head_len]).ok()?;
     let method = if req.head_method { "HEAD" } else { "GET" };
     let mut h = RequestHeader::build(method, &buf[req.path.0..req.path.1], Some(6)).ok()?;
-    for hd in parsed.headers.iter() {
-        let name = hd.name;
-        let wanted = [
-            "if-none-match",
-            "if-modified-since",
-            "range",
-            "accept-encoding",
-            "if-range",
-        ];
-        if wanted.iter().any(|w| name.eq_ignore_ascii_case(w)) {
-            let _ = h.append_header(name.to_ascii_lowercase(), hd.value);
-        }
+    for &((n0, n1), (v0, v1)) in &req.conditional {
+        let name = String::from_utf8_lossy(&buf[n0..n1]).to_ascii_lowercase();
+        let _ = h.append_header(name, &buf[v0..v1]);
     }
     Some(h)
 }
