@@ -151,10 +151,18 @@ impl App {
                 Ok(ExecutionPhase::ShutdownGracePeriod) => {
                     let counters = control.load().counters.clone();
                     let deadline = std::time::Instant::now() + grace;
-                    while std::time::Instant::now() < deadline
-                        && SlotName::ALL.iter().any(|&s| counters.inflight(s) > 0)
-                    {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    let busy = || SlotName::ALL.iter().any(|&s| counters.inflight(s) > 0);
+                    // Empty twice, a settle time apart: a connection accepted just before the
+                    // listener closed has its request read (and counted) within it.
+                    while std::time::Instant::now() < deadline {
+                        if busy() {
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            continue;
+                        }
+                        std::thread::sleep(SETTLE);
+                        if !busy() {
+                            break;
+                        }
                     }
                     remove_own_socket(&socket, ino);
                     tracing::info!("nothing left in flight; exiting");
@@ -176,6 +184,9 @@ fn admin_service(
     let admin = AdminService::new(listener, AdminHandler::new(control.clone()));
     background_service("bascule admin", admin)
 }
+
+/// Time the process stays after in-flight requests reach zero on a graceful stop.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Identity of a file: during an upgrade the new process replaces the admin socket file with
 /// its own, and the old process must then leave it alone.
