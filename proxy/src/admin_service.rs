@@ -154,19 +154,16 @@ impl AdminHandler {
         });
     }
 
-    async fn flip(
-        &self,
-        slot: SlotName,
-        force: bool,
-        drain_timeout: Option<Duration>,
-    ) -> Result<Value, String> {
-        let from = self.control.load().active;
-        let outcome = self.control.flip(slot, force).await?;
-        if outcome.changed && from != slot {
+    /// The reply to a flip or rollback; starts watching the drain of the slot it left.
+    fn flipped(&self, outcome: FlipOutcome, drain_timeout: Option<Duration>) -> Value {
+        if let Some(left) = outcome
+            .previous
+            .filter(|&p| outcome.changed && p != outcome.active)
+        {
             let timeout = drain_timeout.unwrap_or(self.control.config().drain.timeout);
-            self.watch_drain(from, timeout);
+            self.watch_drain(left, timeout);
         }
-        Ok(flip_json(&outcome))
+        flip_json(&outcome)
     }
 
     async fn deploy(
@@ -219,7 +216,8 @@ impl AdminHandler {
             Ok(o) => o,
             Err(e) => return fail(format!("flip: {e}")),
         };
-        step("flip", true, flip_json(&outcome));
+        // Same drain watch as a plain flip: the drain timeout applies to a deploy too.
+        step("flip", true, self.flipped(outcome.clone(), None));
         let drained = from == slot
             || self
                 .control
@@ -250,13 +248,8 @@ impl Handler for AdminHandler {
                 slot,
                 force,
                 drain_timeout,
-            } => self.flip(slot, force, drain_timeout).await?,
-            Command::Rollback { force } => {
-                let Some(previous) = c.load().previous else {
-                    return Err("nothing to roll back to: there has been no flip".into());
-                };
-                self.flip(previous, force, None).await?
-            }
+            } => self.flipped(c.flip(slot, force).await?, drain_timeout),
+            Command::Rollback { force } => self.flipped(c.rollback(force).await?, None),
             Command::Set { slot, field, force } => {
                 let change = match field {
                     SetField::Upstreams(a) => SlotChange::Upstreams(a),
