@@ -243,6 +243,9 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
     Ok(Scenario::new("flips", vec![reload_n, flips_b]))
 }
 
+/// How long the idle-conns scenario leaves its connections idle before it reads RSS.
+const IDLE_SETTLE: Duration = Duration::from_secs(5);
+
 /// Holds `n` keep-alive connections, each after one request, and reports RSS per connection.
 fn idle(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
     let mut rows = Vec::new();
@@ -259,7 +262,9 @@ fn idle(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
                 Err(_) => errors += 1,
             }
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // Idle long enough for Bascule to park them (`[server] park_idle_after`, 1 s); nginx's
+        // figure does not move with time.
+        std::thread::sleep(IDLE_SETTLE);
         let after = rss_kb(&pids);
         let held = conns.len().max(1) as f64;
         rows.push(Row {
@@ -272,8 +277,9 @@ fn idle(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
             peak_rss_kb: hwm_kb(&pids),
             errors,
             note: format!(
-                "{} idle connections: RSS {before} -> {after} KiB, {:.0} bytes each",
+                "{} connections idle {} s: RSS {before} -> {after} KiB, {:.0} bytes each",
                 conns.len(),
+                IDLE_SETTLE.as_secs(),
                 (after.saturating_sub(before)) as f64 * 1024.0 / held
             ),
         });

@@ -44,6 +44,10 @@ impl Tools {
 
 /// The bascule binary: release, or (smoke runs) debug; built when missing.
 pub(crate) fn bascule_binary(smoke: bool) -> anyhow::Result<PathBuf> {
+    // Another build to measure, e.g. a copy of the previous release kept for an A/B run.
+    if let Some(bin) = std::env::var_os("BASCULE_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));

@@ -48,6 +48,10 @@ pub(crate) struct Server {
     pub(crate) slot_header: Option<Spanned<String>>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) shutdown_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) keepalive_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) park_idle_after: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -47,10 +47,15 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time an idle pooled upstream connection is kept (as nginx's upstream keepalive).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default count of idle upstream connections kept per worker thread.
+/// Default count of idle upstream connections kept per upstream member.
 pub const DEFAULT_KEEPALIVE_POOL: usize = 256;
 /// Default grace period, in seconds, that in-flight requests get on SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default time an idle client keep-alive connection is kept open (nginx's `keepalive_timeout`).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default idle time after which a client connection leaves its task and waits in the shared
+/// idle set, where it costs tens of bytes instead of kilobytes.
+pub const DEFAULT_PARK_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Default largest hashed asset, in bytes, kept in memory with its headers.
 pub const DEFAULT_STATIC_CACHE_MAX_FILE: u64 = 256 * 1024;
 
@@ -98,6 +103,10 @@ pub struct ServerConfig {
     pub slot_header: Option<String>,
     /// Time in-flight requests get to finish on SIGTERM.
     pub shutdown_grace: Duration,
+    /// Time an idle client keep-alive connection is kept open.
+    pub keepalive_timeout: Duration,
+    /// Idle time after which a client connection is parked (never after `keepalive_timeout`).
+    pub park_idle_after: Duration,
 }
 
 /// The admin socket (`[admin]`).
@@ -137,7 +146,7 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Time allowed between reads of the response (504 after it).
     pub read_timeout: Duration,
-    /// Idle connections kept per worker thread.
+    /// Idle connections kept per upstream member.
     pub keepalive_pool: usize,
     /// Time an idle pooled connection is kept; also bounds how long a slot that left active
     /// duty keeps its pooled connections.

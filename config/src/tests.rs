@@ -24,6 +24,8 @@ http = ["127.0.0.1:8080", "[::1]:8081"]
 [server]
 threads = 2
 slot_header = "X-Served-By"
+keepalive_timeout = "75s"
+park_idle_after = "250ms"
 
 [admin]
 socket = "/tmp/b.sock"
@@ -77,6 +79,8 @@ fn full_example_parses() {
     assert_eq!(c.listen.len(), 2);
     assert_eq!(c.server.threads, 2);
     assert_eq!(c.server.slot_header.as_deref(), Some("x-served-by"));
+    assert_eq!(c.server.keepalive_timeout, Duration::from_secs(75));
+    assert_eq!(c.server.park_idle_after, Duration::from_millis(250));
     assert_eq!(c.admin.mode, 0o660);
     assert_eq!(c.metrics, Some("127.0.0.1:9090".parse().unwrap()));
     assert_eq!(c.default_slot, SlotName::Green);
@@ -100,6 +104,8 @@ fn empty_file_gives_defaults() {
     assert_eq!(c.health.path, "/health");
     assert_eq!(c.drain.timeout, DEFAULT_DRAIN_TIMEOUT);
     assert_eq!(c.server.slot_header.as_deref(), Some("x-bascule-slot"));
+    assert_eq!(c.server.keepalive_timeout, DEFAULT_KEEPALIVE_TIMEOUT);
+    assert_eq!(c.server.park_idle_after, DEFAULT_PARK_IDLE_AFTER);
     assert!(c.routes.is_empty());
 }
 

@@ -57,6 +57,11 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
         work_stealing: f.server.work_stealing.unwrap_or(false),
         slot_header,
         shutdown_grace: f.server.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        keepalive_timeout: f
+            .server
+            .keepalive_timeout
+            .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
+        park_idle_after: f.server.park_idle_after.unwrap_or(DEFAULT_PARK_IDLE_AFTER),
     };
 
     let mode = match f.admin.mode {

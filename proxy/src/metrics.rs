@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -34,6 +34,8 @@ pub struct Metrics {
     pub flips: IntCounter,
     /// How long slots took to drain after leaving active duty.
     pub drain_duration: Histogram,
+    /// Idle client connections parked outside their tasks (updated once a second).
+    pub parked: IntGauge,
 }
 
 impl Metrics {
@@ -94,6 +96,11 @@ impl Metrics {
             .buckets(vec![0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
         )
         .expect("valid metric");
+        let parked = IntGauge::new(
+            "bascule_connections_parked",
+            "Idle keep-alive client connections waiting outside their tasks",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -102,6 +109,7 @@ impl Metrics {
             Box::new(upstream_healthy.clone()),
             Box::new(flips.clone()),
             Box::new(drain_duration.clone()),
+            Box::new(parked.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -119,6 +127,7 @@ impl Metrics {
             upstream_healthy,
             flips,
             drain_duration,
+            parked,
         })
     }
 

@@ -70,6 +70,8 @@ pub struct ProxyConfig {
     pub blue_root: Option<PathBuf>,
     /// Green static root.
     pub green_root: Option<PathBuf>,
+    /// Extra lines of the `[server]` table (`park_idle_after = "100ms"`…).
+    pub server: String,
     /// Extra TOML appended verbatim (routes, health, drain…).
     pub extra: String,
 }
@@ -107,7 +109,7 @@ impl ProxyConfig {
                 .unwrap_or_default()
         };
         format!(
-            "[listen]\nhttp = [\"{addr}\"]\n\n[server]\nthreads = 2\nshutdown_grace = \"5s\"\n\n\
+            "[listen]\nhttp = [\"{addr}\"]\n\n[server]\nthreads = 2\nshutdown_grace = \"5s\"\n{server}\n\
              [admin]\nsocket = \"{d}/admin.sock\"\n\n[state]\npath = \"{d}/state.json\"\n\n\
              [slots.blue]\nupstreams = [{b}]\nversion = \"1.0.0\"\n{br}\n\
              [slots.green]\nupstreams = [{g}]\nversion = \"1.1.0\"\n{gr}\n\
@@ -115,6 +117,7 @@ impl ProxyConfig {
             d = dir.display(),
             b = list(&self.blue),
             g = list(&self.green),
+            server = self.server,
             br = root(&self.blue_root),
             gr = root(&self.green_root),
             extra = self.extra,

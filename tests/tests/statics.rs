@@ -72,6 +72,7 @@ fn site() -> Site {
                 [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n\n\
                 [[routes]]\nprefix = \"/\"\nto = \"static\"\nspa_fallback = \"/index.html\"\n"
             .into(),
+        ..Default::default()
     });
     Site {
         _dirs: dirs,

@@ -9,12 +9,13 @@
 //! `Expect`, malformed or oversized heads) is handed, with the bytes already read put back, to
 //! Pingora's full proxy ([`crate::service::Bascule`]) for the rest of the connection.
 
+mod park;
 mod relay;
 mod request;
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -24,7 +25,7 @@ use pingora::proxy::HttpProxy;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,13 +35,12 @@ use crate::routing::{Member, Routing};
 use crate::service::{error_body, Bascule};
 use crate::static_files::StaticFiles;
 use crate::SlotName;
+use park::Parking;
 use relay::{Chunked, Framing, Parsed, ResponseHead};
 use request::{parse_request, static_request, Head, Request};
 
 /// Longest request head the fast path reads before handing over.
 const MAX_HEAD: usize = 64 * 1024;
-/// Time an idle client connection is kept between two requests (Pingora's default too).
-const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// Bytes read before a request's buffer exists.
 const FIRST_READ: usize = 512;
 /// Smallest request buffer.
@@ -54,6 +54,14 @@ pub struct FastApp {
     statics: Arc<StaticFiles>,
     full: Arc<HttpProxy<Bascule>>,
     slot_header: Option<Vec<u8>>,
+    /// `[server] keepalive_timeout`: also the limit on a slow request head.
+    keepalive: Duration,
+    /// `[upstream] keepalive_pool`: idle upstream connections kept per member.
+    upstream_idle_max: usize,
+    /// Idle time after which a connection is parked; `None` when it would time out first.
+    park_after: Option<Duration>,
+    /// The idle set, started by the first connection parked; `None` if it could not start.
+    parking: OnceLock<Option<Arc<Parking>>>,
 }
 
 impl FastApp {
@@ -63,18 +71,33 @@ impl FastApp {
         statics: Arc<StaticFiles>,
         full: HttpProxy<Bascule>,
     ) -> FastApp {
-        let slot_header = control
-            .config()
-            .server
-            .slot_header
-            .as_ref()
-            .map(|h| h.as_bytes().to_vec());
+        let server = &control.config().server;
+        let slot_header = server.slot_header.as_ref().map(|h| h.as_bytes().to_vec());
+        let keepalive = server.keepalive_timeout;
+        let upstream_idle_max = control.config().upstream.keepalive_pool;
+        let park_after = Some(server.park_idle_after).filter(|&p| p < keepalive);
         FastApp {
             control,
             statics,
             full: Arc::new(full),
             slot_header,
+            keepalive,
+            upstream_idle_max,
+            park_after,
+            parking: OnceLock::new(),
         }
+    }
+
+    /// The idle set, started on first use.
+    fn parking(self: &Arc<Self>, shutdown: &ShutdownWatch) -> Option<&Arc<Parking>> {
+        self.parking
+            .get_or_init(|| {
+                let gauge = self.control.metrics().parked.clone();
+                Parking::start(Arc::downgrade(self), shutdown.clone(), gauge)
+                    .map_err(|e| tracing::warn!(error = %e, "idle connections stay in their tasks"))
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// `name: slot\r\n`, or nothing when the header is off.
@@ -120,11 +143,31 @@ impl ServerApp for FastApp {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Plain TCP listeners hand over Pingora's L4 stream; anything else goes the full way.
-        let any = stream.into_any();
-        let mut client: Box<L4Stream> = match any.downcast::<L4Stream>() {
-            Ok(s) => s,
-            Err(_) => return None,
+        let client = stream.into_any().downcast::<L4Stream>().ok()?;
+        self.connection(client, shutdown).await
+    }
+}
+
+impl FastApp {
+    /// Takes back a parked connection that turned readable, on the runtime it left.
+    async fn resume(self: Arc<Self>, fd: OwnedFd, shutdown: ShutdownWatch) {
+        // The descriptor shares its open file, non-blocking already, with the socket Tokio
+        // accepted; registering it here ties it to this runtime's reactor.
+        let Ok(tcp) = TcpStream::from_std(std::net::TcpStream::from(fd)) else {
+            return;
         };
+        let mut client = L4Stream::from(tcp);
+        // As Pingora's listener does, so a hand-over still knows the client's address.
+        client.set_socket_digest(SocketDigest::from_raw_fd(client.as_raw_fd()));
+        self.connection(Box::new(client), &shutdown).await;
+    }
+
+    /// The request loop of one client connection, until it closes, is parked or handed over.
+    async fn connection(
+        self: &Arc<Self>,
+        mut client: Box<L4Stream>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let mut buf = BytesMut::new();
         loop {
             let head = loop {
@@ -140,7 +183,22 @@ impl ServerApp for FastApp {
                     // An idle connection holds no buffer: the first bytes land in the task's
                     // own state and are copied into one sized for them.
                     let mut first = [0u8; FIRST_READ];
-                    let read = tokio::time::timeout(CLIENT_IDLE, client.read(&mut first)).await;
+                    let idle_since = Instant::now();
+                    let wait = self.park_after.unwrap_or(self.keepalive);
+                    let mut read = tokio::time::timeout(wait, client.read(&mut first)).await;
+                    if read.is_err() && self.park_after.is_some() {
+                        let deadline = idle_since + self.keepalive;
+                        match self.parking(shutdown) {
+                            Some(parking) => {
+                                parking.park(client, deadline);
+                                return None;
+                            }
+                            None => {
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                read = tokio::time::timeout(left, client.read(&mut first)).await;
+                            }
+                        }
+                    }
                     if let Ok(Ok(n)) = read {
                         buf = BytesMut::with_capacity(n.max(IDLE_BUF));
                         buf.extend_from_slice(&first[..n]);
@@ -148,7 +206,7 @@ impl ServerApp for FastApp {
                     read
                 } else {
                     buf.reserve(READ_CHUNK);
-                    tokio::time::timeout(CLIENT_IDLE, client.read_buf(&mut buf)).await
+                    tokio::time::timeout(self.keepalive, client.read_buf(&mut buf)).await
                 };
                 match read {
                     Ok(Ok(n)) if n > 0 => {}
@@ -172,9 +230,7 @@ impl ServerApp for FastApp {
             }
         }
     }
-}
 
-impl FastApp {
     /// Puts the bytes read back in front of the stream and lets Pingora's full proxy serve the
     /// rest of the connection, keep-alive included.
     async fn hand_over(
@@ -187,7 +243,12 @@ impl FastApp {
             client.rewind(buf);
         }
         let mut session = ServerSession::new_http1(client);
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let keepalive = self.keepalive.as_secs().max(1);
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(keepalive)
+        });
         let mut result = self.full.process_new_http(session, shutdown).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
             let mut session = ServerSession::new_http1(stream);
@@ -447,7 +508,7 @@ impl FastApp {
         // A slot that left duty while this request ran does not get its connection back.
         drop(registered);
         if upstream_ok && (complete || client_ok) && self.control.takes_traffic(slot) {
-            member.idle.put(up, IDLE_PER_MEMBER);
+            member.idle.put(up, self.upstream_idle_max);
         }
         let next = if client_ok && !req.close && !head.close {
             Next::KeepAlive
@@ -499,9 +560,6 @@ pub(crate) fn date_line(out: &mut Vec<u8>) {
         out.extend_from_slice(&cached.1);
     });
 }
-
-/// Idle upstream connections kept per member by the fast path.
-const IDLE_PER_MEMBER: usize = 256;
 
 async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, UpstreamError> {
     let attempt = TcpStream::connect(addr);
