@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +18,7 @@ use bascule_config::{Route, StaticConfig};
 use bytes::Bytes;
 use http::header;
 use pingora::proxy::Session;
-use pingora_error::{ErrorType, OrErr, Result};
+use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::routing::Routing;
@@ -35,79 +34,13 @@ const CACHE_BUDGET: usize = 64 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 
 mod path;
+mod response;
 mod variant;
 
 pub use path::{is_hashed, resolve, PathError};
+use response::Body;
+pub use response::StaticResponse;
 use variant::{accepted_encodings, Encoding};
-
-/// A response ready to be written.
-pub struct StaticResponse {
-    /// The header; the caller may add to it before [`StaticResponse::send`].
-    pub header: ResponseHeader,
-    body: Body,
-}
-
-enum Body {
-    Empty,
-    Bytes(Bytes),
-    File { file: File, offset: u64, len: u64 },
-}
-
-impl StaticResponse {
-    fn empty(header: ResponseHeader) -> StaticResponse {
-        StaticResponse {
-            header,
-            body: Body::Empty,
-        }
-    }
-
-    fn error(code: u16, text: &'static str) -> StaticResponse {
-        let mut h = ResponseHeader::build(code, Some(3)).expect("valid status");
-        let _ = h.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
-        let _ = h.insert_header(header::CONTENT_LENGTH, text.len());
-        let _ = h.insert_header(header::CACHE_CONTROL, NO_CACHE);
-        StaticResponse {
-            header: h,
-            body: Body::Bytes(Bytes::from_static(text.as_bytes())),
-        }
-    }
-
-    /// Writes the response to the client.
-    pub async fn send(self, session: &mut Session) -> Result<()> {
-        let head_only = session.req_header().method == http::Method::HEAD;
-        let no_body = head_only || matches!(self.body, Body::Empty);
-        session
-            .write_response_header(Box::new(self.header), no_body)
-            .await?;
-        if no_body {
-            return Ok(());
-        }
-        match self.body {
-            Body::Empty => Ok(()),
-            Body::Bytes(b) => session.write_response_body(Some(b), true).await,
-            Body::File {
-                mut file,
-                offset,
-                len,
-            } => {
-                file.seek(SeekFrom::Start(offset))
-                    .or_err(ErrorType::FileReadError, "seek static file")?;
-                let mut left = len;
-                while left > 0 {
-                    let want = (left as usize).min(CHUNK);
-                    let mut buf = vec![0u8; want];
-                    file.read_exact(&mut buf)
-                        .or_err(ErrorType::FileReadError, "read static file")?;
-                    left -= want as u64;
-                    session
-                        .write_response_body(Some(Bytes::from(buf)), left == 0)
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
 
 /// One representation of a file on disk: identity or a precompressed sibling.
 struct Rep {
@@ -539,58 +472,5 @@ fn inside(root: &Path, full: &Path) -> bool {
     match (root.canonicalize(), full.canonicalize()) {
         (Ok(root), Ok(full)) => full.starts_with(root),
         _ => false,
-    }
-}
-
-impl StaticResponse {
-    /// Writes the response in HTTP/1.1 wire format to `w` (the fast path's client), with
-    /// `extra` header lines (each ending in CRLF) added; returns the status written.
-    pub async fn write_h1<W>(self, w: &mut W, head_only: bool, extra: &[u8]) -> std::io::Result<u16>
-    where
-        W: tokio::io::AsyncWrite + Unpin,
-    {
-        use tokio::io::AsyncWriteExt;
-        let status = self.header.status;
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        self.header.header_to_h1_wire(&mut out);
-        crate::fast::date_line(&mut out);
-        out.extend_from_slice(extra);
-        out.extend_from_slice(b"\r\n");
-        match self.body {
-            _ if head_only => w.write_all(&out).await?,
-            Body::Empty => w.write_all(&out).await?,
-            // Small bodies go out with the head in one write; large ones are not copied.
-            Body::Bytes(b) if b.len() <= 16 * 1024 => {
-                out.extend_from_slice(&b);
-                w.write_all(&out).await?;
-            }
-            Body::Bytes(b) => {
-                w.write_all(&out).await?;
-                w.write_all(&b).await?;
-            }
-            Body::File {
-                mut file,
-                offset,
-                len,
-            } => {
-                w.write_all(&out).await?;
-                file.seek(SeekFrom::Start(offset))?;
-                let mut left = len;
-                let mut chunk = vec![0u8; CHUNK];
-                while left > 0 {
-                    let want = (left as usize).min(CHUNK);
-                    file.read_exact(&mut chunk[..want])?;
-                    w.write_all(&chunk[..want]).await?;
-                    left -= want as u64;
-                }
-            }
-        }
-        w.flush().await?;
-        Ok(status.as_u16())
     }
 }

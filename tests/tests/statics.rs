@@ -34,6 +34,11 @@ fn big() -> Vec<u8> {
     (0..600 * 1024).map(|i| (i % 253) as u8).collect()
 }
 
+/// Above the size sent in one buffer with its head, below `[static] cache_max_file`.
+fn mid() -> Vec<u8> {
+    (0..100 * 1024).map(|i| (i % 241) as u8).collect()
+}
+
 fn site() -> Site {
     let dirs = tempfile::tempdir().unwrap();
     let blue = dirs.path().join("blue");
@@ -51,6 +56,7 @@ fn site() -> Site {
     write(&blue.join("assets/only-blue-1a2b3c4d.js"), b"old chunk");
     write(&blue.join("assets/style.css"), b"body{}");
     write(&blue.join("assets/big-0123abcd.bin"), &big());
+    write(&blue.join("assets/mid-0123abcd.bin"), &mid());
     std::os::unix::fs::symlink(dirs.path().join("secret.txt"), blue.join("assets/leak.txt"))
         .unwrap();
     std::os::unix::fs::symlink(dirs.path(), blue.join("up")).unwrap();
@@ -340,6 +346,26 @@ fn large_hashed_files_stream_whole_and_by_range() {
     .unwrap();
     assert_eq!(r.status, 206);
     assert!(r.body == body[300000..300100]);
+}
+
+#[test]
+fn cached_hashed_files_above_one_buffer_come_whole_on_keep_alive() {
+    let s = site();
+    let body = mid();
+    let mut c = Conn::connect(s.proxy.addr).unwrap();
+    for _ in 0..2 {
+        let r = c.get("/assets/mid-0123abcd.bin", &[]).unwrap();
+        ok(&r);
+        assert!(r.body == body, "100 KiB body corrupted");
+        assert_eq!(r.header("content-length"), Some("102400"));
+    }
+    let r = c.request("HEAD", "/assets/mid-0123abcd.bin", &[]).unwrap();
+    ok(&r);
+    assert!(r.body.is_empty());
+    assert_eq!(
+        c.get("/assets/app-3f9a1c2b.js", &[]).unwrap().text(),
+        APP_JS
+    );
 }
 
 #[test]

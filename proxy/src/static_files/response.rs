@@ -1,0 +1,153 @@
+//! A static response and its two writers: through Pingora's session (the full proxy) and
+//! straight onto the connection as HTTP/1.1 (the fast path).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+
+use bytes::Bytes;
+use http::header;
+use pingora::proxy::Session;
+use pingora_error::{ErrorType, OrErr, Result};
+use pingora_http::ResponseHeader;
+
+use super::{CHUNK, NO_CACHE};
+
+/// A response ready to be written.
+pub struct StaticResponse {
+    /// The header; the caller may add to it before [`StaticResponse::send`].
+    pub header: ResponseHeader,
+    pub(super) body: Body,
+}
+
+/// What follows the head.
+pub(super) enum Body {
+    Empty,
+    Bytes(Bytes),
+    File { file: File, offset: u64, len: u64 },
+}
+
+impl StaticResponse {
+    pub(super) fn empty(header: ResponseHeader) -> StaticResponse {
+        StaticResponse {
+            header,
+            body: Body::Empty,
+        }
+    }
+
+    pub(super) fn error(code: u16, text: &'static str) -> StaticResponse {
+        let mut h = ResponseHeader::build(code, Some(3)).expect("valid status");
+        let _ = h.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        let _ = h.insert_header(header::CONTENT_LENGTH, text.len());
+        let _ = h.insert_header(header::CACHE_CONTROL, NO_CACHE);
+        StaticResponse {
+            header: h,
+            body: Body::Bytes(Bytes::from_static(text.as_bytes())),
+        }
+    }
+
+    /// Writes the response to the client.
+    pub async fn send(self, session: &mut Session) -> Result<()> {
+        let head_only = session.req_header().method == http::Method::HEAD;
+        let no_body = head_only || matches!(self.body, Body::Empty);
+        session
+            .write_response_header(Box::new(self.header), no_body)
+            .await?;
+        if no_body {
+            return Ok(());
+        }
+        match self.body {
+            Body::Empty => Ok(()),
+            Body::Bytes(b) => session.write_response_body(Some(b), true).await,
+            Body::File {
+                mut file,
+                offset,
+                len,
+            } => {
+                file.seek(SeekFrom::Start(offset))
+                    .or_err(ErrorType::FileReadError, "seek static file")?;
+                let mut left = len;
+                while left > 0 {
+                    let want = (left as usize).min(CHUNK);
+                    let mut buf = vec![0u8; want];
+                    file.read_exact(&mut buf)
+                        .or_err(ErrorType::FileReadError, "read static file")?;
+                    left -= want as u64;
+                    session
+                        .write_response_body(Some(Bytes::from(buf)), left == 0)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl StaticResponse {
+    /// Writes the response in HTTP/1.1 wire format to `w` (the fast path's client), with
+    /// `extra` header lines (each ending in CRLF) added; returns the status written.
+    pub async fn write_h1<W>(self, w: &mut W, head_only: bool, extra: &[u8]) -> std::io::Result<u16>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+        let status = self.header.status;
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.header.header_to_h1_wire(&mut out);
+        crate::fast::date_line(&mut out);
+        out.extend_from_slice(extra);
+        out.extend_from_slice(b"\r\n");
+        match self.body {
+            _ if head_only => w.write_all(&out).await?,
+            Body::Empty => w.write_all(&out).await?,
+            // Small bodies go out with the head in one write; large ones are not copied, but
+            // still leave with the head in one `writev`.
+            Body::Bytes(b) if b.len() <= 16 * 1024 => {
+                out.extend_from_slice(&b);
+                w.write_all(&out).await?;
+            }
+            Body::Bytes(b) => write_all_vectored(w, &out, &b).await?,
+            Body::File {
+                mut file,
+                offset,
+                len,
+            } => {
+                w.write_all(&out).await?;
+                file.seek(SeekFrom::Start(offset))?;
+                let mut left = len;
+                let mut chunk = vec![0u8; CHUNK];
+                while left > 0 {
+                    let want = (left as usize).min(CHUNK);
+                    file.read_exact(&mut chunk[..want])?;
+                    w.write_all(&chunk[..want]).await?;
+                    left -= want as u64;
+                }
+            }
+        }
+        w.flush().await?;
+        Ok(status.as_u16())
+    }
+}
+
+/// Writes `head` then `body` with as few vectored writes as the socket takes.
+async fn write_all_vectored<W>(w: &mut W, head: &[u8], body: &[u8]) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use std::io::IoSlice;
+    use tokio::io::AsyncWriteExt;
+    let mut slices = [IoSlice::new(head), IoSlice::new(body)];
+    let mut left: &mut [IoSlice<'_>] = &mut slices;
+    while !left.is_empty() {
+        let n = w.write_vectored(left).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut left, n);
+    }
+    Ok(())
+}
