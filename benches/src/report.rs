@@ -29,6 +29,15 @@ pub(crate) struct Row {
     pub(crate) note: String,
 }
 
+impl Row {
+    /// Requests served per CPU-second of the proxy's core: the rate one fully busy core would
+    /// sustain. The load core (wrk and the upstream share it) can bound the measured rate before
+    /// the proxy's core is full; this figure is not bound by it.
+    pub(crate) fn rps_per_core(&self) -> Option<f64> {
+        (self.cpu_s_per_100k > 0.0).then(|| 100_000.0 / self.cpu_s_per_100k)
+    }
+}
+
 /// A scenario's rows, nginx first.
 #[derive(Debug, Clone)]
 pub(crate) struct Scenario {
@@ -54,7 +63,8 @@ impl Scenario {
         (n.rps > 0.0).then(|| b.rps / n.rps)
     }
 
-    /// nginx's CPU per request over Bascule's (above 1: Bascule spends less).
+    /// nginx's CPU per request over Bascule's (above 1: Bascule spends less), which is also
+    /// Bascule's requests per second per core over nginx's.
     pub(crate) fn cpu_ratio(&self) -> Option<f64> {
         let n = self.rows.iter().find(|r| r.system == "nginx")?;
         let b = self.rows.iter().find(|r| r.system == "bascule")?;
@@ -65,13 +75,14 @@ impl Scenario {
 /// The Markdown table.
 pub(crate) fn markdown(opts: &Opts, results: &[Scenario]) -> String {
     let mut out = format!(
-        "{} run(s) of {} s per system, alternating; one nginx worker and one Bascule thread on core 0; wrk -t1 -c50 and the upstream on core 1{}\n\n",
+        "{} run(s) of {} s per system, alternating; one nginx worker and one Bascule thread on core 0; wrk -t1 -c50 and the upstream on core 1{}. \
+         req/s per core: requests per CPU-second of the proxy's core; per-core ratio: Bascule's over nginx's.\n\n",
         opts.rounds,
         opts.duration,
         if opts.smoke { " (smoke: numbers mean nothing)" } else { "" }
     );
-    out.push_str("| scenario | system | req/s | ratio | p50 µs | p99 µs | p99.9 µs | CPU s/100k req | CPU ratio | peak RSS KiB | errors | note |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| scenario | system | req/s | ratio | p50 µs | p99 µs | p99.9 µs | CPU s/100k req | req/s per core | per-core ratio | peak RSS KiB | errors | note |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in results {
         for r in &s.rows {
             let bascule = r.system == "bascule";
@@ -83,8 +94,11 @@ pub(crate) fn markdown(opts: &Opts, results: &[Scenario]) -> String {
                 (true, Some(x)) => format!("{x:.2}×"),
                 _ => String::new(),
             };
+            let per_core = r
+                .rps_per_core()
+                .map_or(String::new(), |x| format!("{x:.0}"));
             out.push_str(&format!(
-                "| {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} |\n",
+                "| {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} |\n",
                 s.name,
                 r.system,
                 r.rps,
@@ -93,6 +107,7 @@ pub(crate) fn markdown(opts: &Opts, results: &[Scenario]) -> String {
                 r.p99_us,
                 r.p999_us,
                 r.cpu_s_per_100k,
+                per_core,
                 cpu_ratio,
                 r.peak_rss_kb,
                 r.errors,
@@ -116,6 +131,7 @@ pub(crate) fn write(dir: &Path, opts: &Opts, results: &[Scenario]) -> anyhow::Re
                 "rows": s.rows.iter().map(|r| json!({
                     "system": r.system, "rps": r.rps, "p50_us": r.p50_us, "p99_us": r.p99_us,
                     "p999_us": r.p999_us, "cpu_s_per_100k": r.cpu_s_per_100k,
+                    "rps_per_core": r.rps_per_core(),
                     "peak_rss_kb": r.peak_rss_kb, "errors": r.errors, "note": r.note,
                 })).collect::<Vec<_>>(),
             })

@@ -183,18 +183,17 @@ impl FastApp {
                     // An idle connection holds no buffer: the first bytes land in the task's
                     // own state and are copied into one sized for them.
                     let mut first = [0u8; FIRST_READ];
-                    let idle_since = Instant::now();
                     let wait = self.park_after.unwrap_or(self.keepalive);
                     let mut read = tokio::time::timeout(wait, client.read(&mut first)).await;
-                    if read.is_err() && self.park_after.is_some() {
-                        let deadline = idle_since + self.keepalive;
+                    if let (Err(_), Some(waited)) = (&read, self.park_after) {
+                        // Silent for `waited` already: the rest of its keep-alive time is left.
+                        let left = self.keepalive - waited;
                         match self.parking(shutdown) {
                             Some(parking) => {
-                                parking.park(client, deadline);
+                                parking.park(client, Instant::now() + left);
                                 return None;
                             }
                             None => {
-                                let left = deadline.saturating_duration_since(Instant::now());
                                 read = tokio::time::timeout(left, client.read(&mut first)).await;
                             }
                         }

@@ -203,9 +203,11 @@ fn duplicate(client: &L4Stream) -> io::Result<OwnedFd> {
 /// mimalloc (the binary's global allocator) keeps a thread's emptied pages until that thread
 /// collects them, and returns collected pages to the OS lazily, on a later call past its purge
 /// delay. Once every connection is parked the runtime threads make no such call, and the
-/// kilobytes each task held would stay resident. So each sweep runs this once on every runtime
-/// that parked something (its own pages) and once on the park thread (the process-wide purge);
-/// it costs next to nothing when there is nothing to give back.
+/// kilobytes each task held would stay resident. So each sweep runs this, forced, once on every
+/// runtime that parked something since the last sweep (a normal collection skips the pages
+/// mimalloc counts as full, which is where a burst of connection tasks lives), and unforced on
+/// the park thread (the process-wide purge, a no-op when nothing is due). At most once a second
+/// per runtime, and only while connections are being parked.
 #[allow(unsafe_code)]
 fn release_freed_memory(force: bool) {
     // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
