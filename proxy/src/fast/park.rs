@@ -207,7 +207,9 @@ fn duplicate(client: &L4Stream) -> io::Result<OwnedFd> {
 /// runtime that parked something since the last sweep (a normal collection skips the pages
 /// mimalloc counts as full, which is where a burst of connection tasks lives), and unforced on
 /// the park thread (the process-wide purge, a no-op when nothing is due). At most once a second
-/// per runtime, and only while connections are being parked.
+/// per runtime, and only while connections are being parked. With `[server] work_stealing`
+/// Pingora runs one multi-threaded runtime, and the collection reaches only the worker that
+/// runs it; the default (one single-threaded runtime per thread) reaches every thread.
 #[allow(unsafe_code)]
 fn release_freed_memory(force: bool) {
     // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
