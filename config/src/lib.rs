@@ -54,8 +54,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default time an idle client keep-alive connection is kept open (nginx's `keepalive_timeout`).
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default idle time after which a client connection leaves its task and waits in the shared
-/// idle set, where it costs tens of bytes instead of kilobytes.
-pub const DEFAULT_PARK_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// idle set, where it costs tens of bytes instead of kilobytes. Short, so that a burst of new
+/// connections never holds many tasks at once; a busy connection is never silent this long.
+pub const DEFAULT_PARK_IDLE_AFTER: Duration = Duration::from_millis(100);
 /// Default largest hashed asset, in bytes, kept in memory with its headers.
 pub const DEFAULT_STATIC_CACHE_MAX_FILE: u64 = 256 * 1024;
 
