@@ -1,12 +1,18 @@
 //! Processes the harness starts, and what /proc says about them.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
-/// A child process killed when dropped, so no run leaves one behind.
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// A child process, in a process group of its own, killed with its whole group when dropped, so
+/// no run leaves one behind: killing nginx's master alone leaves its workers running.
 pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -25,6 +31,7 @@ pub(crate) fn spawn_pinned(
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()?;
     Ok(Guard(child))
 }
