@@ -101,12 +101,14 @@ fn metrics_are_served_in_prometheus_text() {
     }
     proxy.admin_ok("flip green");
     get(proxy.addr, "/").unwrap();
+    // A request is counted just after its response is written: wait for the last one.
     let mut text = String::new();
     assert!(wait_until(Duration::from_secs(5), || {
         text = get(metrics, "/metrics")
             .map(|r| r.text())
             .unwrap_or_default();
-        text.contains("bascule_requests_total")
+        text.contains("bascule_requests_total{code=\"200\",slot=\"green\"} 1")
+            && text.contains("bascule_inflight{slot=\"green\"} 0")
     }));
     for needle in [
         "bascule_requests_total{code=\"200\",slot=\"blue\"} 3",
