@@ -22,6 +22,7 @@ pub mod control;
 pub mod demo;
 pub mod drain;
 pub mod fast;
+mod fd;
 pub mod health;
 pub mod metrics;
 pub mod routing;

@@ -27,20 +27,14 @@ pub struct UpgradedConns {
     next: AtomicU64,
 }
 
-/// Duplicates `fd` so that it stays valid however the proxy's own copy is closed.
-#[allow(unsafe_code)]
-fn duplicate(fd: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: `fd` is the upstream socket of the request being processed, handed to us by
-    // Pingora while that connection is open (called from the response header hook of the same
-    // request); it is only borrowed for the `dup` call below.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    borrowed.try_clone_to_owned()
-}
-
 impl UpgradedConns {
     /// Registers the upgraded connection whose upstream socket is `fd`; returns its key.
     pub fn register(&self, slot: SlotName, fd: RawFd) -> Option<u64> {
-        let owned = duplicate(fd).ok()?;
+        // SAFETY: `fd` is the upstream socket of the request being processed, handed over by
+        // Pingora while that connection is open (from the response header hook of the same
+        // request).
+        #[allow(unsafe_code)]
+        let owned = unsafe { crate::fd::duplicate(fd) }.ok()?;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.slots[slot.index()]
             .lock()

@@ -22,7 +22,7 @@
 //! can be handed out again, so an event's token always names the record it was registered for.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -99,7 +99,10 @@ impl Parking {
         if *self.shutdown.borrow() {
             return;
         }
-        let (Ok(runtime), Ok(fd)) = (Handle::try_current(), duplicate(&client)) else {
+        // SAFETY: `client` owns its socket and outlives the call.
+        #[allow(unsafe_code)]
+        let fd = unsafe { crate::fd::duplicate(client.as_raw_fd()) };
+        let (Ok(runtime), Ok(fd)) = (Handle::try_current(), fd) else {
             return;
         };
         // Closes Pingora's descriptor and its Tokio registration; the duplicate keeps the
@@ -187,15 +190,6 @@ impl Parking {
             }
         }
     }
-}
-
-/// Duplicates the descriptor of `client`, so the connection outlives the Pingora stream.
-#[allow(unsafe_code)]
-fn duplicate(client: &L4Stream) -> io::Result<OwnedFd> {
-    // SAFETY: `client` owns its socket and is borrowed for the whole call, so the descriptor is
-    // open while it is borrowed for the `dup` below.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(client.as_raw_fd()) };
-    borrowed.try_clone_to_owned()
 }
 
 /// Lets the allocator give back to the OS the pages that parked connections' tasks freed.
