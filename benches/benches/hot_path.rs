@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use bascule_proxy::control::Control;
-use bascule_proxy::metrics::Metrics;
-use bascule_proxy::static_files::{is_hashed, resolve};
+use bascule_proxy::slots::metrics::Metrics;
+use bascule_proxy::statics::{is_hashed, resolve};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 const CONFIG: &str = r#"

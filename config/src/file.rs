@@ -52,6 +52,7 @@ pub(crate) struct Server {
     pub(crate) keepalive_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) park_idle_after: Option<Duration>,
+    pub(crate) fast_path: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -108,6 +108,9 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// Idle time after which a client connection is parked (never after `keepalive_timeout`).
     pub park_idle_after: Duration,
+    /// Whether plain HTTP/1.1 connections start on the fast path (`false`: every connection
+    /// goes to Pingora's full proxy; for comparison and as a kill switch).
+    pub fast_path: bool,
 }
 
 /// The admin socket (`[admin]`).

@@ -62,6 +62,7 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
             .keepalive_timeout
             .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
         park_idle_after: f.server.park_idle_after.unwrap_or(DEFAULT_PARK_IDLE_AFTER),
+        fast_path: f.server.fast_path.unwrap_or(true),
     };
 
     let mode = match f.admin.mode {

@@ -5,30 +5,26 @@
 //! whole life and is counted against the slot that serves it; a flip stores a new snapshot and
 //! so never moves a request that has started. See `docs/LIFECYCLE.md`.
 //!
-//! Modules, by what they own:
-//! - [`routing`]: the snapshot, slots, pools and members;
-//! - [`control`]: every change to the snapshot (flip, set, weights, reload) and its persistence;
-//! - [`state`]: the state file;
-//! - [`drain`]: per-slot in-flight counts and their guards;
-//! - [`health`]: active health checks;
-//! - [`service`]: the Pingora `ProxyHttp` implementation (the request path);
-//! - [`admin_service`]: the admin socket's command handler;
+//! Modules, by layer (each imports only the ones above it in this list):
+//! - [`wire`]: HTTP on the wire, knowing nothing of slots (date line, the proxy's own errors);
+//! - [`slots`]: what a request reads — the snapshot, slots, pools, members, health records,
+//!   in-flight counters, metrics;
+//! - [`control`]: every change to the snapshot (flip, set, weights, reload), its persistence,
+//!   the health checker;
+//! - [`statics`]: static files;
+//! - [`http`]: the request paths — the fast path and the Pingora `ProxyHttp` service;
+//! - [`admin`]: the admin socket's command handler and the metrics endpoint;
 //! - [`app`]: wiring of the Pingora server and its services;
 //! - [`demo`]: the embedded demo (upstreams and static sites) and a small upstream for tests.
 
-pub mod admin_service;
+pub mod admin;
 pub mod app;
 pub mod control;
 pub mod demo;
-pub mod drain;
-pub mod fast;
 mod fd;
-pub mod health;
-pub mod metrics;
-pub mod routing;
-pub mod service;
-pub mod state;
-pub mod static_files;
-pub mod upgraded;
+pub mod http;
+pub mod slots;
+pub mod statics;
+pub mod wire;
 
 pub use bascule_config::SlotName;

@@ -3,7 +3,7 @@
 
 use std::path::Component;
 
-use bascule_proxy::static_files::{is_hashed, resolve};
+use bascule_proxy::statics::{is_hashed, resolve};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,6 +5,9 @@
 //! stores it with one pointer swap, then writes the state file. Requests that loaded the old
 //! snapshot keep it until they end; the next request sees the new one.
 
+pub mod health_check;
+pub mod state;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -14,12 +17,12 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bascule_config::{Config, HealthConfig, RouteTarget};
 
-use crate::drain::SlotCounters;
-use crate::health;
-use crate::metrics::Metrics;
-use crate::routing::{Pool, Routing, Slot};
-use crate::state::{self, PersistedSlot, PersistedState};
+use crate::slots::counters::SlotCounters;
+
+use crate::slots::metrics::Metrics;
+use crate::slots::routing::{Pool, Routing, Slot};
 use crate::SlotName;
+use state::{PersistedSlot, PersistedState};
 
 /// What a flip or rollback did.
 #[derive(Debug, Clone)]
@@ -425,7 +428,7 @@ impl Control {
             let health = m.health.clone();
             let cfg = cfg.clone();
             tasks.push(tokio::spawn(async move {
-                let result = health::probe(addr, &host, &path, timeout).await;
+                let result = health_check::probe(addr, &host, &path, timeout).await;
                 if let Err(e) = &result {
                     if health.usable() {
                         tracing::warn!(upstream.addr = %host, error = %e, "health check failed");

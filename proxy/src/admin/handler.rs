@@ -12,7 +12,7 @@ use pingora_core::services::background::BackgroundService;
 use serde_json::{json, Value};
 
 use crate::control::{Control, FlipOutcome, SlotChange};
-use crate::routing::Routing;
+use crate::slots::routing::Routing;
 use crate::SlotName;
 
 /// Longest `drain --wait` or `deploy` step when no `--timeout` is given.

@@ -7,7 +7,7 @@
 //! connection and the response back with the slot header added, delimiting the body by its
 //! framing so both connections stay alive. Anything else (bodies, upgrades, HTTP/1.0,
 //! `Expect`, malformed or oversized heads) is handed, with the bytes already read put back, to
-//! Pingora's full proxy ([`crate::service::Bascule`]) for the rest of the connection.
+//! Pingora's full proxy ([`crate::http::service::Bascule`]) for the rest of the connection.
 
 mod park;
 mod relay;
@@ -31,9 +31,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::control::Control;
-use crate::routing::{Member, Routing};
-use crate::service::{error_body, Bascule};
-use crate::static_files::StaticFiles;
+use crate::http::service::Bascule;
+use crate::slots::routing::{Member, Routing};
+use crate::statics::StaticFiles;
+use crate::wire::{date_line, error_body};
 use crate::SlotName;
 use park::Parking;
 use relay::{Chunked, Framing, Parsed, ResponseHead};
@@ -60,6 +61,8 @@ pub struct FastApp {
     upstream_idle_max: usize,
     /// Idle time after which a connection is parked; `None` when it would time out first.
     park_after: Option<Duration>,
+    /// `[server] fast_path`: off, every connection is handed to the full proxy at once.
+    enabled: bool,
     /// The idle set, started by the first connection parked; `None` if it could not start.
     parking: OnceLock<Option<Arc<Parking>>>,
 }
@@ -84,6 +87,7 @@ impl FastApp {
             keepalive,
             upstream_idle_max,
             park_after,
+            enabled: server.fast_path,
             parking: OnceLock::new(),
         }
     }
@@ -144,6 +148,9 @@ impl ServerApp for FastApp {
     ) -> Option<Stream> {
         // Plain TCP listeners hand over Pingora's L4 stream; anything else goes the full way.
         let client = stream.into_any().downcast::<L4Stream>().ok()?;
+        if !self.enabled {
+            return Box::pin(self.hand_over(client, &[], shutdown)).await;
+        }
         self.connection(client, shutdown).await
     }
 }
@@ -537,27 +544,6 @@ impl FastApp {
         let _ = client.flush().await;
         code
     }
-}
-
-thread_local! {
-    /// `date: …\r\n` for the current second, formatted once per second per thread.
-    static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
-}
-
-/// Appends the `date` header line (RFC 9110 §6.6.1) for responses the proxy makes itself.
-pub(crate) fn date_line(out: &mut Vec<u8>) {
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    DATE.with(|cell| {
-        let mut cached = cell.borrow_mut();
-        if cached.0 != secs || cached.1.is_empty() {
-            cached.0 = secs;
-            cached.1 = format!("date: {}\r\n", httpdate::fmt_http_date(now)).into_bytes();
-        }
-        out.extend_from_slice(&cached.1);
-    });
 }
 
 async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, UpstreamError> {

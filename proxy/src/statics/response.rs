@@ -98,7 +98,7 @@ impl StaticResponse {
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
         self.header.header_to_h1_wire(&mut out);
-        crate::fast::date_line(&mut out);
+        crate::wire::date_line(&mut out);
         out.extend_from_slice(extra);
         out.extend_from_slice(b"\r\n");
         match self.body {

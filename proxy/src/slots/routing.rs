@@ -1,7 +1,7 @@
 //! The routing snapshot: which slot is active and what each slot is made of.
 //!
 //! One [`Routing`] value answers every question a request asks; it is immutable, shared by
-//! `Arc`, and replaced whole by [`crate::control::Control`]. Health results and in-flight
+//! `Arc`, and replaced whole by the control layer. Health results and in-flight
 //! counts change without a new snapshot, so they live behind `Arc`s that snapshots share.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -13,8 +13,9 @@ use std::time::SystemTime;
 use bascule_config::{Route, RouteTarget, UpstreamConfig};
 use pingora_core::upstreams::peer::HttpPeer;
 
-use crate::drain::SlotCounters;
-use crate::health::MemberHealth;
+use crate::slots::counters::SlotCounters;
+use crate::slots::health::MemberHealth;
+use crate::slots::idle::IdleConns;
 use crate::SlotName;
 
 /// Everything a request needs to be routed, frozen at one generation.
@@ -167,50 +168,6 @@ pub struct Member {
     pub health: Arc<MemberHealth>,
     /// Idle keep-alive connections of the fast path, shared like `health`.
     pub idle: Arc<IdleConns>,
-}
-
-/// Idle upstream connections kept for reuse, newest last.
-#[derive(Debug, Default)]
-pub struct IdleConns {
-    conns: std::sync::Mutex<Vec<(tokio::net::TcpStream, std::time::Instant)>>,
-}
-
-impl IdleConns {
-    /// The most recently parked connection not idle longer than `max_idle`.
-    #[inline]
-    pub fn take(&self, max_idle: std::time::Duration) -> Option<tokio::net::TcpStream> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((c, since)) = conns.pop() {
-            if since.elapsed() < max_idle {
-                return Some(c);
-            }
-        }
-        None
-    }
-
-    /// Parks `conn` for reuse, unless `max` are parked already.
-    #[inline]
-    pub fn put(&self, conn: tokio::net::TcpStream, max: usize) {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.len() < max {
-            conns.push((conn, std::time::Instant::now()));
-        }
-    }
-
-    /// Closes every parked connection.
-    pub fn clear(&self) {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    /// Connections parked now.
-    pub fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether none is parked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Pool {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::upgraded::{Exchanges, UpgradedConns};
+use crate::slots::upgraded::{Exchanges, UpgradedConns};
 use crate::SlotName;
 
 /// Counters of one slot.

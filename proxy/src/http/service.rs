@@ -20,9 +20,10 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
 use crate::control::Control;
-use crate::drain::InflightGuard;
-use crate::routing::Routing;
-use crate::static_files::StaticFiles;
+use crate::slots::counters::InflightGuard;
+use crate::slots::routing::Routing;
+use crate::statics::StaticFiles;
+use crate::wire::error_body;
 use crate::SlotName;
 
 /// The proxy service.
@@ -107,17 +108,6 @@ fn error_status(e: &Error) -> u16 {
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
-    }
-}
-
-/// The short text body of the proxy's own error responses.
-pub(crate) fn error_body(code: u16) -> &'static str {
-    match code {
-        400 => "bad request\n",
-        502 => "bad gateway: the upstream could not be reached\n",
-        503 => "service unavailable: no healthy upstream in the serving slot\n",
-        504 => "gateway timeout: the upstream did not answer in time\n",
-        _ => "proxy error\n",
     }
 }
 

@@ -1,25 +1,17 @@
-//! Active health checks.
+//! Health records of upstream members, as the request path reads them.
 //!
 //! Each upstream member carries a [`MemberHealth`] record shared by every snapshot that holds
 //! the same address, so a flip or a `set` that keeps a member keeps its health. The
-//! [`HealthChecker`] background service probes every member of the current snapshot each
+//! health checker (`control::health_check`) probes every member of the current snapshot each
 //! `[health] interval`: `GET [health] path`, 2xx or 3xx within `timeout` is a success.
 //! A member starts *unchecked*, which counts as usable (as HAProxy starts servers up); its first
 //! result decides its state, after which the thresholds apply.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
-use async_trait::async_trait;
 use bascule_config::HealthConfig;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::control::Control;
 
 const UNCHECKED: u8 = 0;
 const HEALTHY: u8 = 1;
@@ -96,85 +88,5 @@ impl MemberHealth {
             at: Some(SystemTime::now()),
             error: result.err(),
         };
-    }
-}
-
-/// One health check: `GET path` on `addr`, success on a 2xx or 3xx status within `timeout`.
-pub async fn probe(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    timeout: Duration,
-) -> Result<(), String> {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bascule-health\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut buf = [0u8; 1024];
-        let mut len = 0;
-        loop {
-            let n = stream
-                .read(&mut buf[len..])
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-            if buf[..len].windows(2).any(|w| w == b"\r\n") || len == buf.len() {
-                break;
-            }
-        }
-        let line = String::from_utf8_lossy(&buf[..len]);
-        let status: u16 = line
-            .strip_prefix("HTTP/1.")
-            .and_then(|l| l.get(2..5))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| "no HTTP status line in the reply".to_string())?;
-        if (200..400).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
-        }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "timed out after {}",
-            humantime::format_duration(timeout)
-        )),
-    }
-}
-
-/// The background service that checks every member of the current snapshot.
-pub struct HealthChecker {
-    control: Arc<Control>,
-}
-
-impl HealthChecker {
-    /// A checker over `control`'s snapshots.
-    pub fn new(control: Arc<Control>) -> HealthChecker {
-        HealthChecker { control }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            let interval = self.control.health_config().interval;
-            self.control.check_all().await;
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
     }
 }

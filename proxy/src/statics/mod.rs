@@ -21,7 +21,7 @@ use pingora::proxy::Session;
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::routing::Routing;
+use crate::slots::routing::Routing;
 use crate::SlotName;
 
 /// `Cache-Control` of content-hashed files.

@@ -1,0 +1,5 @@
+//! Services that talk to operators: the admin socket's command handler and the `/metrics`
+//! endpoint.
+
+pub mod handler;
+pub mod metrics_endpoint;
