@@ -36,7 +36,7 @@ fn routing(c: &mut Criterion) {
             let routing = control.load();
             let slot = routing.pick_slot();
             let target = routing.target(black_box("/api/users/42")).0;
-            let member = routing.slot(slot).pool.pick(None);
+            let member = routing.slot(slot).pool.pick(0);
             black_box((target, member))
         })
     });

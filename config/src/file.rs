@@ -32,6 +32,10 @@ pub(crate) struct FileConfig {
     pub(crate) statics: Static,
     #[serde(default)]
     pub(crate) routes: Vec<Spanned<Route>>,
+    #[serde(default)]
+    pub(crate) forwarding: crate::edge::file::Forwarding,
+    #[serde(default)]
+    pub(crate) limits: crate::edge::file::Limits,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -9,6 +9,7 @@
 //! proxy's state file (active slot, runtime upstreams and versions) wins over `[slots]`; that
 //! merge belongs to the proxy, not to this crate.
 
+mod edge;
 mod error;
 mod file;
 mod slot;
@@ -16,6 +17,10 @@ mod validate;
 
 pub use validate::check_upstream;
 
+pub use edge::{
+    ForwardingConfig, LimitsConfig, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
+};
 pub use error::ConfigError;
 pub use slot::{SlotName, UnknownSlot};
 
@@ -91,6 +96,10 @@ pub struct Config {
     pub statics: StaticConfig,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
+    /// Forwarded headers added to proxied requests.
+    pub forwarding: ForwardingConfig,
+    /// Limits on what a client may send.
+    pub limits: LimitsConfig,
 }
 
 /// Process-level settings (`[server]`).

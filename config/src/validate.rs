@@ -115,6 +115,8 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
     };
 
     let routes = routes(f.routes, &blue, &green)?;
+    let forwarding = crate::edge::forwarding(f.forwarding)?;
+    let limits = crate::edge::limits(f.limits)?;
 
     Ok(Config {
         source: None,
@@ -131,6 +133,8 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
         drain,
         statics,
         routes,
+        forwarding,
+        limits,
     })
 }
 

@@ -8,11 +8,11 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ::pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use async_trait::async_trait;
-use bascule_config::RouteTarget;
+use bascule_config::{ForwardingConfig, LimitsConfig, RouteTarget};
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora_core::modules::http::HttpModules;
 use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -23,7 +23,8 @@ use crate::control::Control;
 use crate::slots::counters::InflightGuard;
 use crate::slots::routing::Routing;
 use crate::statics::StaticFiles;
-use crate::wire::error_body;
+use crate::wire::retry::{Failure, Retries};
+use crate::wire::{error_body, forward, pingora};
 use crate::SlotName;
 
 /// The proxy service.
@@ -31,6 +32,8 @@ pub struct Bascule {
     control: Arc<Control>,
     slot_header: Option<Bytes>,
     statics: Arc<StaticFiles>,
+    limits: LimitsConfig,
+    forwarding: ForwardingConfig,
 }
 
 impl Bascule {
@@ -44,8 +47,22 @@ impl Bascule {
                 .as_ref()
                 .map(|h| Bytes::from(h.clone())),
             statics,
+            limits: config.limits.clone(),
+            forwarding: config.forwarding.clone(),
             control,
         }
+    }
+
+    /// Records a failed attempt; whether to try again (`wire::retry`).
+    fn again(&self, ctx: &mut RequestCtx, failure: Failure, replayable: bool) -> bool {
+        let members = ctx
+            .routing
+            .as_ref()
+            .map_or(0, |r| r.slot(ctx.slot).pool.members().len());
+        let member = ctx.member.unwrap_or(0);
+        ctx.retries
+            .after(failure, member, members, replayable)
+            .is_some()
     }
 
     /// Adds the slot header to `resp`, when it is turned on.
@@ -68,8 +85,10 @@ pub struct RequestCtx {
     slot: SlotName,
     /// The member picked for the current attempt.
     member: Option<usize>,
-    /// A member that failed to connect, skipped on the retry.
-    failed: Option<usize>,
+    /// The attempts so far, by the shared retry rules.
+    retries: Retries,
+    /// Request body bytes seen, against `[limits] max_body_bytes`.
+    body_bytes: u64,
     /// Upstream socket of an upgrade request, registered once the upstream answers 101.
     upstream_fd: Option<RawFd>,
     /// Key of this connection among the slot's upgraded connections.
@@ -122,7 +141,8 @@ impl ProxyHttp for Bascule {
             guard: None,
             slot: SlotName::Blue,
             member: None,
-            failed: None,
+            retries: Retries::default(),
+            body_bytes: 0,
             upstream_fd: None,
             upgraded: None,
             start: Instant::now(),
@@ -133,17 +153,40 @@ impl ProxyHttp for Bascule {
     /// compression module whose hooks would still run on every request.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
-    /// Request phase, first hook that can answer: loads the snapshot once, picks the slot,
-    /// counts the request against it, and answers static routes here entirely (`Ok(true)`).
-    /// `Ok(false)` sends the request on to [`Self::upstream_peer`].
+    /// Request phase, first hook that can answer: runs the shared request policy (a refused
+    /// head is answered here, 4xx and close; an accepted one is rewritten for the upstream),
+    /// loads the snapshot once, picks the slot, counts the request against it, and answers
+    /// static routes here entirely (`Ok(true)`). `Ok(false)` sends the request on to
+    /// [`Self::upstream_peer`].
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let mode = forward::mode(
+            &self.forwarding,
+            peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        );
+        let checked =
+            pingora::check_and_rewrite(session.req_header_mut(), &self.limits, mode, peer, false);
+        let verdict = match checked {
+            Ok(v) => v,
+            Err(why) => {
+                let body = Bytes::from(format!("{why}\n"));
+                if let Some(resp) = pingora::own_response_header(why.status(), body.len()) {
+                    let _ = session.write_error_response(resp, body).await;
+                }
+                return Ok(true);
+            }
+        };
+        // Between two reads of the body, as the fast path waits for a head.
+        session.set_read_timeout(Some(self.limits.body_timeout));
         let routing = self.control.load();
         let slot = routing.pick_slot();
         ctx.slot = slot;
         ctx.guard = Some(routing.counters.enter(slot));
-        let (target, route) = routing.target(session.req_header().uri.path());
-        if target == RouteTarget::Static {
-            let route = route.expect("a static target comes from a route").clone();
+        if let (RouteTarget::Static, Some(route)) = routing.target(&verdict.path) {
+            let route = route.clone();
             let mut resp = self
                 .statics
                 .respond(session, &routing, slot, &route)
@@ -155,6 +198,24 @@ impl ProxyHttp for Bascule {
         }
         ctx.routing = Some(routing);
         Ok(false)
+    }
+
+    /// Request phase, per piece of the request body: counts it against
+    /// `[limits] max_body_bytes` (a chunked body declares no length up front): 413 beyond it.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > self.limits.max_body_bytes {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        Ok(())
     }
 
     /// Upstream phase, once per attempt: the next usable member of the serving slot,
@@ -169,7 +230,7 @@ impl ProxyHttp for Bascule {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request not routed"))?;
         let pool = &routing.slot(ctx.slot).pool;
-        match pool.pick(ctx.failed) {
+        match pool.pick(ctx.retries.skip()) {
             Some(i) => {
                 ctx.member = Some(i);
                 Ok(Box::new(pool.members()[i].peer.clone()))
@@ -178,24 +239,21 @@ impl ProxyHttp for Bascule {
         }
     }
 
-    /// Upstream phase, on a failed connect: an idempotent request is retried once, on another
-    /// member of the same slot. Nothing has reached the upstream yet, so the retry is safe.
+    /// Upstream phase, on a failed connect: by the shared retry rules (`wire::retry`), another
+    /// member is tried while one is left; nothing has reached the upstream, so any method may.
     fn fail_to_connect(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let idempotent = session.req_header().method.is_idempotent();
-        let others = ctx
-            .routing
-            .as_ref()
-            .is_some_and(|r| r.slot(ctx.slot).pool.members().len() > 1);
-        if ctx.failed.is_none() && idempotent && others {
-            ctx.failed = ctx.member;
-            e.set_retry(true);
-        }
+        let failure = if e.etype() == &ErrorType::ConnectTimedout {
+            Failure::ConnectTimeout
+        } else {
+            Failure::Connect
+        };
+        e.set_retry(self.again(ctx, failure, true));
         e
     }
 
@@ -216,10 +274,10 @@ impl ProxyHttp for Bascule {
         Ok(())
     }
 
-    /// Upstream phase, on an error after connecting (or reusing a connection): decides whether
-    /// the request may be tried again. Never for a non-idempotent method or a truncated body
-    /// buffer; a stale pooled connection is retried as Pingora does by default; a fresh
-    /// connection that failed before any response byte is retried once, on another member.
+    /// Upstream phase, on an error after connecting (or reusing a connection): by the shared
+    /// retry rules, while no response byte has gone downstream and the request can be sent
+    /// again (idempotent, body buffer whole): a stale pooled connection is replaced, a fresh one
+    /// that failed moves to another member, a timeout is answered.
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
@@ -228,21 +286,16 @@ impl ProxyHttp for Bascule {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        let idempotent = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
-        if !idempotent {
-            e.set_retry(false);
-        } else if client_reused {
-            e.retry.decide_reuse(true);
-        } else if ctx.failed.is_none()
-            && session.response_written().is_none()
-            && e.esource() == &ErrorSource::Upstream
-        {
-            ctx.failed = ctx.member;
-            e.set_retry(true);
-        } else {
-            e.set_retry(false);
-        }
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        let failure = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failure::Timeout,
+            _ if client_reused => Failure::Stale,
+            _ => Failure::Exchange,
+        };
+        let again = e.esource() == &ErrorSource::Upstream && self.again(ctx, failure, replayable);
+        e.set_retry(again);
         e
     }
 
@@ -254,6 +307,11 @@ impl ProxyHttp for Bascule {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let slot_header = self
+            .slot_header
+            .as_ref()
+            .and_then(|h| std::str::from_utf8(h).ok());
+        pingora::clean_response(upstream_response, slot_header);
         self.tag(upstream_response, ctx.slot);
         if upstream_response.status == 101 {
             if let (Some(fd), Some(r)) = (ctx.upstream_fd.take(), &ctx.routing) {
@@ -275,9 +333,7 @@ impl ProxyHttp for Bascule {
         let code = error_status(e);
         if code > 0 {
             let body = Bytes::from_static(error_body(code).as_bytes());
-            if let Ok(mut resp) = ResponseHeader::build(code, Some(4)) {
-                let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
-                let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
+            if let Some(mut resp) = pingora::own_response_header(code, body.len()) {
                 if ctx.guard.is_some() {
                     self.tag(&mut resp, ctx.slot);
                 }

@@ -217,20 +217,20 @@ impl Pool {
         self.members.iter().map(|m| m.address.clone()).collect()
     }
 
-    /// Next member round-robin, skipping unhealthy ones and `avoid` (a member that just failed).
+    /// Next member round-robin, skipping unhealthy ones and those in `skip` (bit `i` for
+    /// member `i`: members that failed this request).
     ///
     /// Returns `None` only when no member may take traffic.
     #[inline]
-    pub fn pick(&self, avoid: Option<usize>) -> Option<usize> {
+    pub fn pick(&self, skip: u64) -> Option<usize> {
         let n = self.members.len();
+        let usable =
+            |i: usize| (i >= 64 || skip & (1 << i) == 0) && self.members[i].health.usable();
         if n == 1 {
-            let ok = avoid != Some(0) && self.members[0].health.usable();
-            return ok.then_some(0);
+            return usable(0).then_some(0);
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| Some(i) != avoid && self.members[i].health.usable())
+        (0..n).map(|i| (start + i) % n).find(|&i| usable(i))
     }
 
     /// Whether any member is known healthy.

@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 use std::net::Shutdown;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use tokio::net::TcpStream;
 
 use crate::SlotName;
 
@@ -101,11 +103,30 @@ struct Slab {
     used: usize,
 }
 
-/// Keeps one exchange registered until dropped.
+/// An upstream socket in use by one exchange, registered with its slot until dropped or
+/// released. It owns the socket, so the socket cannot close (or go back to the pool) while
+/// still registered: `Drop` unregisters before the socket field is dropped.
 pub struct Registered<'a> {
     reg: &'a Exchanges,
     slot: SlotName,
     key: usize,
+    stream: Option<TcpStream>,
+}
+
+impl Registered<'_> {
+    /// The socket.
+    #[inline]
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.stream.as_mut().expect("present until released")
+    }
+
+    /// Unregisters and hands the socket back (to be pooled).
+    #[inline]
+    pub fn release(mut self) -> TcpStream {
+        let stream = self.stream.take().expect("present until released");
+        drop(self);
+        stream
+    }
 }
 
 impl Drop for Registered<'_> {
@@ -120,9 +141,10 @@ impl Drop for Registered<'_> {
 }
 
 impl Exchanges {
-    /// Registers the upstream socket `fd` of an exchange on `slot`.
+    /// Registers the upstream socket of an exchange on `slot`, which the guard then owns.
     #[inline]
-    pub fn register(&self, slot: SlotName, fd: RawFd) -> Registered<'_> {
+    pub fn register(&self, slot: SlotName, stream: TcpStream) -> Registered<'_> {
+        let fd = stream.as_raw_fd();
         let mut slab = self.slots[slot.index()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -141,6 +163,7 @@ impl Exchanges {
             reg: self,
             slot,
             key,
+            stream: Some(stream),
         }
     }
 

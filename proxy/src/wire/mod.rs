@@ -1,5 +1,49 @@
-//! HTTP on the wire, below every request path: what the proxy writes itself (the `Date`
-//! line, its own error responses). Knows nothing of slots or snapshots.
+//! HTTP on the wire, below every request path: the request policy ([`request`]), target
+//! normalisation ([`target`]), forwarded headers ([`forward`]), upstream response heads
+//! ([`response`]) and chunked framing ([`chunked`]), the retry rules ([`retry`]), and what the
+//! proxy writes itself (the `Date` line, its own error responses). Knows nothing of slots or
+//! snapshots; both request paths call into it, so each rule exists once.
+
+pub(crate) mod chunked;
+pub(crate) mod forward;
+pub(crate) mod pingora;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod retry;
+pub(crate) mod target;
+
+/// Why a request is refused before it goes anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Reject {
+    /// Malformed or ambiguous: 400.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// Head beyond `[limits] max_header_bytes` (or too many headers): 431.
+    #[error("request header fields too large")]
+    HeadTooLarge,
+    /// Body beyond `[limits] max_body_bytes`: 413.
+    #[error("content too large")]
+    BodyTooLarge,
+    /// Head not complete within `[limits] header_timeout`: 408.
+    #[error("request timeout: the request head did not arrive in time")]
+    HeadTimeout,
+    /// A feature the proxy does not relay (a transfer coding other than chunked): 501.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+}
+
+impl Reject {
+    /// The status code of the refusal.
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Reject::BadRequest(_) => 400,
+            Reject::HeadTooLarge => 431,
+            Reject::BodyTooLarge => 413,
+            Reject::HeadTimeout => 408,
+            Reject::NotImplemented(_) => 501,
+        }
+    }
+}
 
 thread_local! {
     /// `date: …\r\n` for the current second, formatted once per second per thread.
@@ -26,9 +70,43 @@ pub(crate) fn date_line(out: &mut Vec<u8>) {
 pub(crate) fn error_body(code: u16) -> &'static str {
     match code {
         400 => "bad request\n",
+        408 => "request timeout\n",
+        413 => "content too large\n",
+        429 => "too many requests\n",
+        431 => "request header fields too large\n",
         502 => "bad gateway: the upstream could not be reached\n",
         503 => "service unavailable: no healthy upstream in the serving slot\n",
         504 => "gateway timeout: the upstream did not answer in time\n",
         _ => "proxy error\n",
     }
+}
+
+/// The reason phrase of `code`, or nothing.
+pub(crate) fn reason(code: u16) -> &'static str {
+    http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("")
+}
+
+/// The headers of every response the proxy makes itself, besides `date`: both request paths
+/// write exactly these.
+pub(crate) const OWN_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// Writes the proxy's own response (`code`, short text `body`, `connection: close`) in
+/// HTTP/1.1; `extra` holds header lines to add (the slot header).
+pub(crate) fn own_response_h1(code: u16, body: &str, extra: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(code).as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: ");
+    out.extend_from_slice(OWN_CONTENT_TYPE.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\nconnection: close\r\n");
+    date_line(out);
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
 }

@@ -3,23 +3,24 @@
 //! Pingora's full proxy spends most of a small request's CPU time in general machinery (boxed
 //! hook futures, header maps, module and cache plumbing). The common request — `GET` or `HEAD`,
 //! HTTP/1.1, no body, no upgrade — needs none of it: the fast path parses the head in place,
-//! routes it with the same snapshot, relays the head bytes unchanged to a pooled upstream
-//! connection and the response back with the slot header added, delimiting the body by its
-//! framing so both connections stay alive. Anything else (bodies, upgrades, HTTP/1.0,
-//! `Expect`, malformed or oversized heads) is handed, with the bytes already read put back, to
-//! Pingora's full proxy ([`crate::http::service::Bascule`]) for the rest of the connection.
+//! runs the shared request policy on it ([`crate::wire::request`]), routes the normalised path
+//! with the same snapshot, writes the upstream head again from the checked fields to a provably
+//! idle pooled connection, and the response back with its head checked and rewritten, delimiting
+//! the body by its framing so both connections stay alive. A head the policy refuses is answered
+//! here (4xx, then close). A valid request the fast path does not serve (bodies, upgrades,
+//! HTTP/1.0, `Expect`) is handed, with the bytes already read put back, to Pingora's full proxy
+//! ([`crate::http::service::Bascule`]) for the rest of the connection; it applies the same policy.
 
 mod park;
-mod relay;
 mod request;
+mod upstream;
 
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bascule_config::RouteTarget;
+use bascule_config::{ForwardingConfig, LimitsConfig, RouteTarget};
 use bytes::BytesMut;
 use pingora::proxy::HttpProxy;
 use pingora_core::apps::{HttpServerApp, ServerApp};
@@ -34,13 +35,16 @@ use crate::control::Control;
 use crate::http::service::Bascule;
 use crate::slots::routing::{Member, Routing};
 use crate::statics::StaticFiles;
-use crate::wire::{date_line, error_body};
+use crate::wire::forward::{self, Peer};
+use crate::wire::request::Forwarding;
+use crate::wire::retry::{Failure, Retries};
+use crate::wire::{date_line, error_body, own_response_h1, Reject};
 use crate::SlotName;
 use park::Parking;
-use relay::{Chunked, Framing, Parsed, ResponseHead};
-use request::{parse_request, static_request, Head, Request};
+use request::{Head, Policy, Request};
+use upstream::Exchange;
 
-/// Longest request head the fast path reads before handing over.
+/// Longest response head the fast path reads from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
 /// Bytes read before a request's buffer exists.
 const FIRST_READ: usize = 512;
@@ -55,14 +59,17 @@ pub struct FastApp {
     statics: Arc<StaticFiles>,
     full: Arc<HttpProxy<Bascule>>,
     slot_header: Option<Vec<u8>>,
-    /// `[server] keepalive_timeout`: also the limit on a slow request head.
+    /// `[server] keepalive_timeout`: how long an idle connection waits for its next request.
     keepalive: Duration,
     /// `[upstream] keepalive_pool`: idle upstream connections kept per member.
     upstream_idle_max: usize,
     /// Idle time after which a connection is parked; `None` when it would time out first.
     park_after: Option<Duration>,
-    /// `[server] fast_path`: off, every connection is handed to the full proxy at once.
+    /// `[server] fast_path`: off, every connection is handed to the full proxy once its first
+    /// head has been read and checked here (the whole-head timeout and size limit apply to it).
     enabled: bool,
+    limits: LimitsConfig,
+    forwarding: ForwardingConfig,
     /// The idle set, started by the first connection parked; `None` if it could not start.
     parking: OnceLock<Option<Arc<Parking>>>,
 }
@@ -74,20 +81,23 @@ impl FastApp {
         statics: Arc<StaticFiles>,
         full: HttpProxy<Bascule>,
     ) -> FastApp {
-        let server = &control.config().server;
+        let config = control.config();
+        let server = &config.server;
         let slot_header = server.slot_header.as_ref().map(|h| h.as_bytes().to_vec());
         let keepalive = server.keepalive_timeout;
-        let upstream_idle_max = control.config().upstream.keepalive_pool;
+        let upstream_idle_max = config.upstream.keepalive_pool;
         let park_after = Some(server.park_idle_after).filter(|&p| p < keepalive);
         FastApp {
-            control,
-            statics,
-            full: Arc::new(full),
             slot_header,
             keepalive,
             upstream_idle_max,
             park_after,
             enabled: server.fast_path,
+            limits: config.limits.clone(),
+            forwarding: config.forwarding.clone(),
+            control,
+            statics,
+            full: Arc::new(full),
             parking: OnceLock::new(),
         }
     }
@@ -113,30 +123,21 @@ impl FastApp {
             out.extend_from_slice(b"\r\n");
         }
     }
-}
 
-/// One try of a request on one member.
-struct Attempt<'a> {
-    member: &'a Member,
-    slot: SlotName,
-    /// Skip pooled connections (one just turned out stale).
-    fresh_only: bool,
+    /// What becomes of a client's forwarded headers, decided once per connection.
+    fn forwarding_of(&self, client: &L4Stream) -> (Forwarding, Peer) {
+        let addr = client
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        (forward::mode(&self.forwarding, addr), Peer::new(addr))
+    }
 }
 
 /// How one request on the fast path ended.
 enum Next {
     KeepAlive,
     Close,
-}
-
-/// Why an upstream exchange failed before any response byte reached the client.
-enum UpstreamError {
-    /// A pooled connection turned out closed: try again on a fresh one.
-    Stale,
-    /// Connect or exchange failed: 502, or another member.
-    Failed,
-    /// No answer in time: 504.
-    Timeout,
 }
 
 #[async_trait]
@@ -148,9 +149,6 @@ impl ServerApp for FastApp {
     ) -> Option<Stream> {
         // Plain TCP listeners hand over Pingora's L4 stream; anything else goes the full way.
         let client = stream.into_any().downcast::<L4Stream>().ok()?;
-        if !self.enabled {
-            return Box::pin(self.hand_over(client, &[], shutdown)).await;
-        }
         self.connection(client, shutdown).await
     }
 }
@@ -175,15 +173,27 @@ impl FastApp {
         mut client: Box<L4Stream>,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let (forwarding, peer) = self.forwarding_of(&client);
         let mut buf = BytesMut::new();
+        // The upstream request head, written from the checked fields; reused across requests.
+        let mut scratch = Vec::new();
         loop {
-            let head = loop {
+            // Bytes already read (a pipelined request) start the head's clock now.
+            let mut head_started = (!buf.is_empty()).then(Instant::now);
+            let (routing, head) = loop {
                 if !buf.is_empty() {
-                    if let Some(h) = parse_request(&buf) {
-                        break h;
-                    }
-                    if buf.len() >= MAX_HEAD {
-                        break Head::Handover;
+                    let routing = self.control.load();
+                    let is_static = |p: &str| routing.target(p).0 == RouteTarget::Static;
+                    let policy = Policy {
+                        serve: self.enabled,
+                        limits: &self.limits,
+                        forwarding,
+                        peer: &peer,
+                        is_static: &is_static,
+                    };
+                    match request::parse(&buf, &policy, &mut scratch) {
+                        Head::Partial => {}
+                        head => break (routing, head),
                     }
                 }
                 let read = if buf.is_empty() {
@@ -208,11 +218,23 @@ impl FastApp {
                     if let Ok(Ok(n)) = read {
                         buf = BytesMut::with_capacity(n.max(IDLE_BUF));
                         buf.extend_from_slice(&first[..n]);
+                        head_started = Some(Instant::now());
                     }
                     read
                 } else {
+                    // The whole head must arrive within `header_timeout` of its first byte,
+                    // however it trickles in.
+                    let started = *head_started.get_or_insert_with(Instant::now);
+                    let deadline = started + self.limits.header_timeout;
                     buf.reserve(READ_CHUNK);
-                    tokio::time::timeout(self.keepalive, client.read_buf(&mut buf)).await
+                    let read = client.read_buf(&mut buf);
+                    match tokio::time::timeout_at(deadline.into(), read).await {
+                        Ok(r) => Ok(r),
+                        Err(_) => {
+                            self.refuse(&mut client, Reject::HeadTimeout).await;
+                            return None;
+                        }
+                    }
                 };
                 match read {
                     Ok(Ok(n)) if n > 0 => {}
@@ -221,11 +243,17 @@ impl FastApp {
             };
             let req = match head {
                 Head::Fast(req) => req,
+                Head::Partial => unreachable!("the loop above ends on a complete head"),
+                Head::Reject(r) => {
+                    self.refuse(&mut client, r).await;
+                    return None;
+                }
                 // Boxed: Pingora's session future is large, and inline it would size every
                 // connection's task.
                 Head::Handover => return Box::pin(self.hand_over(client, &buf, shutdown)).await,
             };
-            let next = self.serve(&mut client, &buf, &req).await;
+            let next = self.serve(&mut client, &req, &routing, &scratch).await;
+            drop(routing);
             let _ = buf.split_to(req.head_len);
             if buf.is_empty() {
                 buf = BytesMut::new();
@@ -249,6 +277,11 @@ impl FastApp {
             client.rewind(buf);
         }
         let mut session = ServerSession::new_http1(client);
+        // Requests sent back to back are answered in order, as on the fast path.
+        session.set_pipelining_enabled(true);
+        // Later heads on this connection are read by Pingora, which bounds each read, not the
+        // whole head: the closest it offers to `header_timeout`.
+        session.set_read_timeout(Some(self.limits.header_timeout));
         let keepalive = self.keepalive.as_secs().max(1);
         session.set_keepalive(if *shutdown.borrow() {
             None
@@ -261,33 +294,43 @@ impl FastApp {
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
+            session.set_read_timeout(Some(self.limits.header_timeout));
             result = self.full.process_new_http(session, shutdown).await;
         }
         None
     }
 
-    /// Serves one request whose head is `buf[..req.head_len]`.
-    async fn serve(&self, client: &mut L4Stream, buf: &[u8], req: &Request) -> Next {
+    /// Serves one checked request; `head` is its upstream head, when it goes upstream.
+    async fn serve(
+        &self,
+        client: &mut L4Stream,
+        req: &Request,
+        routing: &Arc<Routing>,
+        head: &[u8],
+    ) -> Next {
         let start = Instant::now();
-        let routing = self.control.load();
         let slot = routing.pick_slot();
         let _guard = routing.counters.enter(slot);
-        let path = std::str::from_utf8(&buf[req.path.0..req.path.1]).unwrap_or("/");
-        let (status, next) = match routing.target(path) {
-            (RouteTarget::Static, Some(route)) => {
-                let status = self
-                    .serve_static(client, buf, req, &routing, slot, route)
-                    .await;
-                (
-                    status,
-                    if req.close {
-                        Next::Close
-                    } else {
-                        Next::KeepAlive
-                    },
-                )
+        let (status, next) = match (&req.statics, routing.route(&req.path)) {
+            (Some(header), Some(route)) => {
+                let resp = self.statics.answer(header, routing, slot, route);
+                let mut extra = Vec::with_capacity(48);
+                self.slot_line(slot, &mut extra);
+                if req.close {
+                    extra.extend_from_slice(b"connection: close\r\n");
+                }
+                let status = resp
+                    .write_h1(client, req.head_method, &extra)
+                    .await
+                    .unwrap_or(0);
+                let next = if req.close || status == 0 {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                };
+                (status, next)
             }
-            _ => self.proxy(client, buf, req, &routing, slot).await,
+            _ => self.proxy(client, req, routing, slot, head).await,
         };
         self.control
             .metrics()
@@ -295,266 +338,106 @@ impl FastApp {
         next
     }
 
-    async fn serve_static(
-        &self,
-        client: &mut L4Stream,
-        buf: &[u8],
-        req: &Request,
-        routing: &Routing,
-        slot: SlotName,
-        route: &bascule_config::Route,
-    ) -> u16 {
-        let Some(header) = static_request(buf, req) else {
-            return self.respond_error(client, slot, 400).await;
-        };
-        let resp = self.statics.answer(&header, routing, slot, route);
-        let mut extra = Vec::with_capacity(32);
-        self.slot_line(slot, &mut extra);
-        resp.write_h1(client, req.head_method, &extra)
-            .await
-            .unwrap_or(0)
-    }
-
-    /// Relays the request to a member of `slot` and the response back.
+    /// Relays the request to a member of `slot` and the response back, trying other members
+    /// by the shared retry rules while nothing has reached the client.
     async fn proxy(
         &self,
         client: &mut L4Stream,
-        buf: &[u8],
         req: &Request,
         routing: &Routing,
         slot: SlotName,
+        head: &[u8],
     ) -> (u16, Next) {
         let pool = &routing.slot(slot).pool;
         let epoch = routing.counters.exchanges.cut_epoch(slot);
-        let mut avoid = None;
+        let mut retries = Retries::default();
         let mut fresh_only = false;
         loop {
-            let Some(i) = pool.pick(avoid) else {
+            let Some(i) = pool.pick(retries.skip()) else {
                 return (self.respond_error(client, slot, 503).await, Next::Close);
             };
-            let attempt = Attempt {
-                member: &pool.members()[i],
-                slot,
-                fresh_only,
-            };
-            let err = match self.exchange(client, buf, req, routing, attempt).await {
+            let member = &pool.members()[i];
+            let failure = match self
+                .attempt(client, req, routing, slot, member, fresh_only, head)
+                .await
+            {
                 Ok(done) => return done,
-                Err(e) => e,
+                Err(f) => f,
             };
             // A slot whose drain timed out is not retried on: its exchanges were cut on purpose.
             if routing.counters.exchanges.cut_epoch(slot) != epoch {
                 return (self.respond_error(client, slot, 503).await, Next::Close);
             }
-            match err {
-                UpstreamError::Stale => fresh_only = true,
-                UpstreamError::Failed if avoid.is_none() && pool.members().len() > 1 => {
-                    avoid = Some(i);
-                    fresh_only = false;
-                }
-                UpstreamError::Failed => {
-                    return (self.respond_error(client, slot, 502).await, Next::Close)
-                }
-                UpstreamError::Timeout => {
-                    return (self.respond_error(client, slot, 504).await, Next::Close)
+            // GET and HEAD only here: always replayable until a response byte is sent.
+            match retries.after(failure, i, pool.members().len(), true) {
+                Some(again) => fresh_only = again.fresh_only,
+                None => {
+                    let code = failure.status();
+                    return (self.respond_error(client, slot, code).await, Next::Close);
                 }
             }
         }
     }
 
     /// One attempt on `member`. Errors are returned only while nothing has reached the client.
-    async fn exchange(
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
         &self,
         client: &mut L4Stream,
-        buf: &[u8],
         req: &Request,
         routing: &Routing,
-        attempt: Attempt<'_>,
-    ) -> Result<(u16, Next), UpstreamError> {
-        let Attempt {
-            member,
-            slot,
-            fresh_only,
-        } = attempt;
-        let opts = &member.peer.options;
-        let read_timeout = opts.read_timeout.unwrap_or(Duration::from_secs(60));
-        let idle_max = opts.idle_timeout.unwrap_or(Duration::from_secs(60));
-        let pooled = if fresh_only {
-            None
-        } else {
-            member.idle.take(idle_max)
-        };
-        let reused = pooled.is_some();
-        let mut up = match pooled {
-            Some(c) => c,
-            None => connect(member.socket, opts.connection_timeout).await?,
-        };
-        // Dropped before `up` (declared after it), so never outlives the socket.
-        let registered = routing.counters.exchanges.register(slot, up.as_raw_fd());
-        let stale = |e: UpstreamError| if reused { UpstreamError::Stale } else { e };
-        if up.write_all(&buf[..req.head_len]).await.is_err() {
-            return Err(stale(UpstreamError::Failed));
-        }
+        slot: SlotName,
+        member: &Member,
+        fresh_only: bool,
+        head: &[u8],
+    ) -> Result<(u16, Next), Failure> {
+        let exchanges = &routing.counters.exchanges;
+        let mut ex: Exchange<'_> =
+            upstream::send(member, exchanges, slot, fresh_only, head).await?;
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
-        let head: ResponseHead = loop {
-            match relay::parse_response(&ubuf, req.head_method) {
-                Parsed::Partial if ubuf.len() < MAX_HEAD => {}
-                Parsed::Partial | Parsed::Invalid => return Err(UpstreamError::Failed),
-                // Interim responses (103) are relayed; the final one follows.
-                Parsed::Head(h) if (100..200).contains(&h.status) => {
-                    if h.status == 101 {
-                        return Err(UpstreamError::Failed);
-                    }
-                    let interim = ubuf.split_to(h.len);
-                    let _ = client.write_all(&interim).await;
-                    continue;
-                }
-                Parsed::Head(h) => break h,
-            }
-            ubuf.reserve(READ_CHUNK);
-            match tokio::time::timeout(read_timeout, up.read_buf(&mut ubuf)).await {
-                Err(_) => return Err(UpstreamError::Timeout),
-                Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() => {
-                    return Err(stale(UpstreamError::Failed))
-                }
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(UpstreamError::Failed),
-                Ok(Ok(_)) => {}
-            }
-        };
-        // The head with the slot header added, and as much of the body as has arrived.
-        let mut out = Vec::with_capacity(ubuf.len() + 32);
-        out.extend_from_slice(&ubuf[..head.len - 2]);
-        if !head.has_date {
+        let mut out = Vec::with_capacity(READ_CHUNK);
+        let drop = self.slot_header.as_deref();
+        let h = upstream::read_head(&mut ex, client, req.head_method, drop, &mut ubuf, &mut out)
+            .await?;
+        if !h.has_date {
             date_line(&mut out);
         }
         self.slot_line(slot, &mut out);
+        let close_client = req.close || h.framing == crate::wire::response::Framing::UntilClose;
+        if close_client {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
         out.extend_from_slice(b"\r\n");
-        let body = &ubuf[head.len..];
-        let (body_in_buf, complete, mut tracker) = match head.framing {
-            Framing::Empty => (0, true, None),
-            Framing::Length(n) => {
-                let have = (body.len() as u64).min(n) as usize;
-                (have, have as u64 == n, None)
-            }
-            Framing::Chunked => {
-                let mut t = Chunked::default();
-                match t.feed(body) {
-                    Ok(Some(end)) => (end, true, None),
-                    Ok(None) => (body.len(), false, Some(t)),
-                    Err(_) => return Err(UpstreamError::Failed),
-                }
-            }
-            Framing::UntilClose => (body.len(), false, None),
-        };
-        // Bytes past the response would mean the upstream is out of step: do not reuse it.
-        let trailing = body.len() > body_in_buf;
-        out.extend_from_slice(&body[..body_in_buf]);
-        let sent = client.write_all(&out).await.is_ok();
-        let mut upstream_ok = !head.close && !trailing;
-        let mut client_ok = sent;
-        if sent && !complete {
-            let mut left = match head.framing {
-                Framing::Length(n) => n - body_in_buf as u64,
-                _ => u64::MAX,
-            };
-            loop {
-                if client.flush().await.is_err() {
-                    client_ok = false;
-                    upstream_ok = false;
-                    break;
-                }
-                ubuf.clear();
-                ubuf.reserve(READ_CHUNK);
-                let n = match tokio::time::timeout(read_timeout, up.read_buf(&mut ubuf)).await {
-                    Ok(Ok(0)) if head.framing == Framing::UntilClose => {
-                        upstream_ok = false;
-                        client_ok = false;
-                        break;
-                    }
-                    Ok(Ok(n)) if n > 0 => n,
-                    _ => {
-                        upstream_ok = false;
-                        client_ok = false;
-                        break;
-                    }
-                };
-                let chunk = &ubuf[..n];
-                let (take, done) = match (&mut tracker, head.framing) {
-                    (Some(t), _) => match t.feed(chunk) {
-                        Ok(Some(end)) => (end, true),
-                        Ok(None) => (n, false),
-                        Err(_) => {
-                            upstream_ok = false;
-                            client_ok = false;
-                            break;
-                        }
-                    },
-                    (None, Framing::Length(_)) => {
-                        let take = (n as u64).min(left) as usize;
-                        left -= take as u64;
-                        (take, left == 0)
-                    }
-                    _ => (n, false),
-                };
-                if take < n {
-                    upstream_ok = false;
-                }
-                if client.write_all(&chunk[..take]).await.is_err() {
-                    client_ok = false;
-                    upstream_ok = false;
-                    break;
-                }
-                if done {
-                    break;
-                }
-            }
-        }
-        if client.flush().await.is_err() {
-            client_ok = false;
-        }
+        let start = upstream::start(&h, &ubuf[h.len..], &mut out)?;
+        let done = upstream::relay_body(&mut ex, client, &h, start, &out, &mut ubuf).await;
         // A slot that left duty while this request ran does not get its connection back.
-        drop(registered);
-        if upstream_ok && (complete || client_ok) && self.control.takes_traffic(slot) {
-            member.idle.put(up, self.upstream_idle_max);
+        if done.upstream_ok && self.control.takes_traffic(slot) {
+            member.idle.put(ex.conn.release(), self.upstream_idle_max);
         }
-        let next = if client_ok && !req.close && !head.close {
+        let next = if done.client_ok && !close_client {
             Next::KeepAlive
         } else {
             Next::Close
         };
-        Ok((head.status, next))
+        Ok((h.status, next))
     }
 
-    /// The proxy's own error response, tagged with the slot.
+    /// The proxy's own error response, tagged with the slot; the connection closes after it.
     async fn respond_error(&self, client: &mut L4Stream, slot: SlotName, code: u16) -> u16 {
-        let body = error_body(code);
-        let reason = http::StatusCode::from_u16(code)
-            .ok()
-            .and_then(|c| c.canonical_reason())
-            .unwrap_or("");
-        let mut out = format!(
-            "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
-            body.len()
-        )
-        .into_bytes();
-        date_line(&mut out);
-        self.slot_line(slot, &mut out);
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body.as_bytes());
+        let mut extra = Vec::with_capacity(32);
+        self.slot_line(slot, &mut extra);
+        let mut out = Vec::with_capacity(256);
+        own_response_h1(code, error_body(code), &extra, &mut out);
         let _ = client.write_all(&out).await;
         let _ = client.flush().await;
         code
     }
-}
 
-async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, UpstreamError> {
-    let attempt = TcpStream::connect(addr);
-    let stream = match timeout {
-        Some(t) => match tokio::time::timeout(t, attempt).await {
-            Ok(r) => r.map_err(|_| UpstreamError::Failed)?,
-            Err(_) => return Err(UpstreamError::Timeout),
-        },
-        None => attempt.await.map_err(|_| UpstreamError::Failed)?,
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+    /// Answers a request the policy refused; the connection closes after it.
+    async fn refuse(&self, client: &mut L4Stream, why: Reject) {
+        let mut out = Vec::with_capacity(256);
+        own_response_h1(why.status(), &format!("{why}\n"), b"", &mut out);
+        let _ = client.write_all(&out).await;
+        let _ = client.flush().await;
+    }
 }

@@ -1,17 +1,15 @@
-//! Request heads on the fast path: one parse that finds everything the fast path needs.
+//! Request heads on the fast path: one parse, the shared policy, and everything the rest of the
+//! request needs, prepared before the first await so the parsed headers never live in the
+//! connection's task.
 
+use bascule_config::LimitsConfig;
 use pingora_http::RequestHeader;
 
-/// What the fast path learned from a request head.
-pub(super) struct Request {
-    pub(super) head_len: usize,
-    pub(super) head_method: bool,
-    pub(super) path: (usize, usize),
-    pub(super) close: bool,
-    /// Headers static serving reads, as ranges of the buffer (name, value), found in the same
-    /// pass that parses the head.
-    pub(super) conditional: Vec<((usize, usize), (usize, usize))>,
-}
+use crate::wire::forward::{Forwarded, Peer};
+use crate::wire::request::{
+    check, write_upstream_h1, Body, Forwarding, RequestHead, Version, MAX_REQUEST_HEADERS,
+};
+use crate::wire::Reject;
 
 /// Request headers static serving reads (validators, ranges, encodings).
 const STATIC_HEADERS: [&str; 5] = [
@@ -22,77 +20,112 @@ const STATIC_HEADERS: [&str; 5] = [
     "if-range",
 ];
 
-/// A parsed head: served on the fast path, or handed to the full proxy.
+/// A request head that passed the policy and stays on the fast path.
+pub(super) struct Request {
+    /// Bytes of the head in the connection's buffer.
+    pub(super) head_len: usize,
+    /// `HEAD`: the response has no body.
+    pub(super) head_method: bool,
+    /// The client asked to close after this request.
+    pub(super) close: bool,
+    /// The normalised path, for routing.
+    pub(super) path: String,
+    /// For a static route: the header static serving reads (method, path, validators).
+    pub(super) statics: Option<Box<RequestHeader>>,
+}
+
+/// What to do with the head at the start of a buffer.
 pub(super) enum Head {
+    /// More bytes needed.
+    Partial,
+    /// Served here; the upstream request head (if it goes upstream) is in the scratch buffer.
     Fast(Request),
+    /// Valid, but for the full proxy (a body, an upgrade, HTTP/1.0, `Expect`).
     Handover,
+    /// Refused by the policy: answered with this, then the connection closes.
+    Reject(Reject),
 }
 
-/// Where `part` (a slice of `buf`) lies in `buf`.
-fn span(buf: &[u8], part: &[u8]) -> (usize, usize) {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    (start, start + part.len())
+/// The settings [`parse`] applies.
+pub(super) struct Policy<'a> {
+    /// `[server] fast_path`: off, every valid head is handed over.
+    pub(super) serve: bool,
+    pub(super) limits: &'a LimitsConfig,
+    pub(super) forwarding: Forwarding,
+    pub(super) peer: &'a Peer,
+    /// Whether `path` goes to a static route (the head is then prepared for static serving
+    /// rather than written for the upstream).
+    pub(super) is_static: &'a dyn Fn(&str) -> bool,
 }
 
-/// Parses the request head at the start of `buf`; `None` when more bytes are needed.
-pub(super) fn parse_request(buf: &[u8]) -> Option<Head> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+/// Parses and checks the request head at the start of `buf`; for an upstream request, writes
+/// the upstream head into `out`.
+pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return None,
-        Err(_) => return Some(Head::Handover),
-    };
-    let method = req.method.unwrap_or("");
-    let head_method = method == "HEAD";
-    if (method != "GET" && !head_method) || req.version != Some(1) {
-        return Some(Head::Handover);
-    }
-    let mut close = false;
-    let mut conditional = Vec::new();
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        match name.len() {
-            7 if name.eq_ignore_ascii_case(b"upgrade") => return Some(Head::Handover),
-            6 if name.eq_ignore_ascii_case(b"expect") => return Some(Head::Handover),
-            14 if name.eq_ignore_ascii_case(b"content-length") && h.value.trim_ascii() != b"0" => {
-                return Some(Head::Handover)
-            }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Some(Head::Handover),
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-                if v.split(',').any(|t| t.trim() == "upgrade") {
-                    return Some(Head::Handover);
-                }
-                close = v.split(',').any(|t| t.trim() == "close");
-            }
-            _ if STATIC_HEADERS
-                .iter()
-                .any(|w| name.eq_ignore_ascii_case(w.as_bytes())) =>
-            {
-                conditional.push((span(buf, name), span(buf, h.value)));
-            }
-            _ => {}
+        Ok(httparse::Status::Partial) if buf.len() > policy.limits.max_header_bytes => {
+            return Head::Reject(Reject::HeadTooLarge)
         }
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Head::Reject(Reject::HeadTooLarge),
+        Err(_) => return Head::Reject(Reject::BadRequest("malformed request head")),
+    };
+    let head = RequestHead {
+        method: req.method.unwrap_or(""),
+        target: req.path.unwrap_or(""),
+        version: if req.version == Some(0) {
+            Version::H10
+        } else {
+            Version::H11
+        },
+        headers: req.headers,
+        head_len,
+    };
+    let c = match check(&head, policy.limits, policy.forwarding) {
+        Ok(c) => c,
+        Err(r) => return Head::Reject(r),
+    };
+    let head_method = head.method == "HEAD";
+    if !policy.serve
+        || (head.method != "GET" && !head_method)
+        || head.version != Version::H11
+        || c.body != Body::None
+        || c.upgrade
+        || c.expect_continue
+    {
+        return Head::Handover;
     }
-    let path = req.path.unwrap_or("/");
-    let start = path.as_ptr() as usize - buf.as_ptr() as usize;
-    Some(Head::Fast(Request {
+    let path = c.target.path().to_string();
+    let statics = if (policy.is_static)(&path) {
+        let method = if head_method { "HEAD" } else { "GET" };
+        let Ok(mut h) = RequestHeader::build(method, path.as_bytes(), Some(6)) else {
+            return Head::Reject(Reject::BadRequest("the path is not a URI path"));
+        };
+        for w in head.headers.iter() {
+            if let Some(name) = STATIC_HEADERS
+                .iter()
+                .find(|s| w.name.eq_ignore_ascii_case(s))
+            {
+                let _ = h.append_header(*name, w.value);
+            }
+        }
+        Some(Box::new(h))
+    } else {
+        out.clear();
+        write_upstream_h1(out, &head, &c, |out| {
+            if policy.forwarding != Forwarding::Off {
+                Forwarded::new(head.headers, &c, policy.peer, false).write_h1(out);
+            }
+        });
+        None
+    };
+    Head::Fast(Request {
         head_len,
         head_method,
-        path: (start, start + path.len()),
-        close,
-        conditional,
-    }))
-}
-
-/// A Pingora request header carrying what static serving reads: method, path and validators.
-pub(super) fn static_request(buf: &[u8], req: &Request) -> Option<RequestHeader> {
-    let method = if req.head_method { "HEAD" } else { "GET" };
-    let mut h = RequestHeader::build(method, &buf[req.path.0..req.path.1], Some(6)).ok()?;
-    for &((n0, n1), (v0, v1)) in &req.conditional {
-        let name = String::from_utf8_lossy(&buf[n0..n1]).to_ascii_lowercase();
-        let _ = h.append_header(name, &buf[v0..v1]);
-    }
-    Some(h)
+        close: c.close,
+        path,
+        statics,
+    })
 }

@@ -1,0 +1,277 @@
+//! One upstream exchange of the fast path, in three steps: send the request head on a
+//! provably idle pooled connection or a fresh one ([`send`]), read and rewrite the response
+//! head ([`read_head`]), relay the body by its framing ([`relay_body`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::slots::routing::Member;
+use crate::slots::upgraded::{Exchanges, Registered};
+use crate::wire::chunked::Chunked;
+use crate::wire::response::{parse_response, Framing, Parsed, ResponseHead};
+use crate::wire::retry::Failure;
+use crate::SlotName;
+
+use super::{MAX_HEAD, READ_CHUNK};
+
+/// An upstream connection carrying one request.
+pub(super) struct Exchange<'r> {
+    pub(super) conn: Registered<'r>,
+    /// It came from the pool (a failure before any response byte may mean it went stale).
+    pub(super) reused: bool,
+    read_timeout: Duration,
+}
+
+impl Exchange<'_> {
+    /// How a failure before any response byte counts: a pooled connection may simply have
+    /// been closed by the upstream while idle.
+    fn failure(&self) -> Failure {
+        if self.reused {
+            Failure::Stale
+        } else {
+            Failure::Exchange
+        }
+    }
+}
+
+/// Opens (or reuses) a connection to `member`, registers it with `slot`'s exchanges and
+/// writes the request head.
+pub(super) async fn send<'r>(
+    member: &Member,
+    exchanges: &'r Exchanges,
+    slot: SlotName,
+    fresh_only: bool,
+    head: &[u8],
+) -> Result<Exchange<'r>, Failure> {
+    let opts = &member.peer.options;
+    let read_timeout = opts.read_timeout.unwrap_or(Duration::from_secs(60));
+    let idle_max = opts.idle_timeout.unwrap_or(Duration::from_secs(60));
+    let pooled = if fresh_only {
+        None
+    } else {
+        member.idle.take(idle_max)
+    };
+    let reused = pooled.is_some();
+    let stream = match pooled {
+        Some(c) => c,
+        None => connect(member.socket, opts.connection_timeout).await?,
+    };
+    let mut ex = Exchange {
+        conn: exchanges.register(slot, stream),
+        reused,
+        read_timeout,
+    };
+    if ex.conn.stream().write_all(head).await.is_err() {
+        return Err(ex.failure());
+    }
+    Ok(ex)
+}
+
+/// Reads the response head into `ubuf`; writes it, rewritten, to `out` (interim 1xx responses
+/// go straight to the client). `drop`: a header name the upstream may not set.
+pub(super) async fn read_head(
+    ex: &mut Exchange<'_>,
+    client: &mut L4Stream,
+    head_request: bool,
+    drop: Option<&[u8]>,
+    ubuf: &mut BytesMut,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, Failure> {
+    loop {
+        out.clear();
+        match parse_response(ubuf, head_request, drop, out) {
+            Parsed::Partial if ubuf.len() < MAX_HEAD => {}
+            Parsed::Partial | Parsed::Invalid => return Err(Failure::Exchange),
+            Parsed::Head(h) if h.status == 101 => return Err(Failure::Exchange),
+            // Interim responses (103) are relayed as they are rewritten; the final one follows.
+            Parsed::Head(h) if (100..200).contains(&h.status) => {
+                out.extend_from_slice(b"\r\n");
+                let _ = client.write_all(out).await;
+                let _ = ubuf.split_to(h.len);
+                continue;
+            }
+            Parsed::Head(h) => return Ok(h),
+        }
+        ubuf.reserve(READ_CHUNK);
+        let read = ex.conn.stream().read_buf(ubuf);
+        match tokio::time::timeout(ex.read_timeout, read).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() => return Err(ex.failure()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(Failure::Exchange),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// How relaying a body ended.
+pub(super) struct Relayed {
+    /// The upstream connection may go back to the pool.
+    pub(super) upstream_ok: bool,
+    /// The client connection may serve another request.
+    pub(super) client_ok: bool,
+}
+
+/// Where the body stands once the head is read: how much of the bytes read with the head
+/// belong to it, whether that is all of it, and the chunked parser's state.
+pub(super) struct Start {
+    /// Bytes after the response came with it: the upstream is out of step.
+    trailing: bool,
+    in_buf: usize,
+    done: bool,
+    tracker: Option<Chunked>,
+}
+
+/// Follows the framing over the body bytes that came with the head; a malformed chunked body
+/// is found here, while a 502 can still be sent.
+/// The body bytes that belong to the response are appended to `out`.
+pub(super) fn start(head: &ResponseHead, body: &[u8], out: &mut Vec<u8>) -> Result<Start, Failure> {
+    let s = match head.framing {
+        Framing::Empty => Start {
+            trailing: false,
+            in_buf: 0,
+            done: true,
+            tracker: None,
+        },
+        Framing::Length(n) => {
+            let have = (body.len() as u64).min(n) as usize;
+            Start {
+                trailing: false,
+                in_buf: have,
+                done: have as u64 == n,
+                tracker: None,
+            }
+        }
+        Framing::Chunked => {
+            let mut t = Chunked::default();
+            match t.feed(body).map_err(|_| Failure::Exchange)? {
+                Some(end) => Start {
+                    trailing: false,
+                    in_buf: end,
+                    done: true,
+                    tracker: None,
+                },
+                None => Start {
+                    trailing: false,
+                    in_buf: body.len(),
+                    done: false,
+                    tracker: Some(t),
+                },
+            }
+        }
+        Framing::UntilClose => Start {
+            trailing: false,
+            in_buf: body.len(),
+            done: false,
+            tracker: None,
+        },
+    };
+    out.extend_from_slice(&body[..s.in_buf]);
+    Ok(Start {
+        trailing: body.len() > s.in_buf,
+        ..s
+    })
+}
+
+/// Sends `out` (the rewritten head and the body bytes read with it), then relays the rest of
+/// the body by `head.framing`.
+pub(super) async fn relay_body(
+    ex: &mut Exchange<'_>,
+    client: &mut L4Stream,
+    head: &ResponseHead,
+    start: Start,
+    out: &[u8],
+    ubuf: &mut BytesMut,
+) -> Relayed {
+    let Start {
+        trailing,
+        in_buf,
+        mut done,
+        mut tracker,
+    } = start;
+    // Bytes past the response mean the upstream is out of step: never reuse it.
+    let mut upstream_ok = !head.close && !trailing;
+    if client.write_all(out).await.is_err() {
+        return Relayed {
+            upstream_ok: false,
+            client_ok: false,
+        };
+    }
+    let mut left = match head.framing {
+        Framing::Length(n) => n - in_buf as u64,
+        _ => u64::MAX,
+    };
+    while !done {
+        if client.flush().await.is_err() {
+            return Relayed {
+                upstream_ok: false,
+                client_ok: false,
+            };
+        }
+        ubuf.clear();
+        ubuf.reserve(READ_CHUNK);
+        let read = ex.conn.stream().read_buf(ubuf);
+        let n = match tokio::time::timeout(ex.read_timeout, read).await {
+            Ok(Ok(n)) if n > 0 => n,
+            // EOF ends a close-delimited body: the client connection closes to mark its end.
+            _ => {
+                return Relayed {
+                    upstream_ok: false,
+                    client_ok: false,
+                }
+            }
+        };
+        let chunk = &ubuf[..n];
+        let take = match (&mut tracker, head.framing) {
+            (Some(t), _) => match t.feed(chunk) {
+                Ok(Some(end)) => {
+                    done = true;
+                    end
+                }
+                Ok(None) => n,
+                Err(_) => {
+                    return Relayed {
+                        upstream_ok: false,
+                        client_ok: false,
+                    }
+                }
+            },
+            (None, Framing::Length(_)) => {
+                let take = (n as u64).min(left) as usize;
+                left -= take as u64;
+                done = left == 0;
+                take
+            }
+            _ => n,
+        };
+        upstream_ok &= take == n;
+        if client.write_all(&chunk[..take]).await.is_err() {
+            return Relayed {
+                upstream_ok: false,
+                client_ok: false,
+            };
+        }
+    }
+    let client_ok = client.flush().await.is_ok();
+    Relayed {
+        upstream_ok,
+        client_ok,
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, Failure> {
+    let attempt = TcpStream::connect(addr);
+    let stream = match timeout {
+        Some(t) => match tokio::time::timeout(t, attempt).await {
+            Ok(r) => r.map_err(|_| Failure::Connect)?,
+            Err(_) => return Err(Failure::ConnectTimeout),
+        },
+        None => attempt.await.map_err(|_| Failure::Connect)?,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}

@@ -1,0 +1,192 @@
+//! The request policy applied to Pingora's parsed heads, for the full proxy: the same
+//! [`check`](super::request::check) the fast path runs, then Pingora's header edited to what
+//! the fast path would have written.
+
+use std::net::IpAddr;
+
+use bascule_config::LimitsConfig;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use super::forward::{Forwarded, Peer};
+use super::request::{self, check, Checked, Forwarding, Header, Kind, RequestHead, Version};
+use super::response::{response_kind, ResponseKind};
+use super::Reject;
+
+/// What checking a Pingora request head decided.
+#[derive(Debug)]
+pub(crate) struct Verdict {
+    /// The normalised path (no query), for routing.
+    pub(crate) path: String,
+}
+
+/// Checks `req` like the fast path checks its heads and rewrites it for the upstream:
+/// normalised target, hop-by-hop headers and those `Connection` names removed, forwarded
+/// headers set (when `mode` is not `Off`), from a client at `peer`.
+pub(crate) fn check_and_rewrite(
+    req: &mut RequestHeader,
+    limits: &LimitsConfig,
+    mode: Forwarding,
+    peer: Option<IpAddr>,
+    tls: bool,
+) -> Result<Verdict, Reject> {
+    let version = match req.version {
+        http::Version::HTTP_10 | http::Version::HTTP_09 => Version::H10,
+        http::Version::HTTP_2 | http::Version::HTTP_3 => Version::H2,
+        _ => Version::H11,
+    };
+    let target = String::from_utf8_lossy(req.raw_path()).into_owned();
+    let headers: Vec<Header<'_>> = req
+        .headers
+        .iter()
+        .map(|(n, v)| Header {
+            name: n.as_str(),
+            value: v.as_bytes(),
+        })
+        .collect();
+    let method = req.method.as_str();
+    let head_len = method.len()
+        + target.len()
+        + 12
+        + headers
+            .iter()
+            .map(|h| h.name.len() + h.value.len() + 4)
+            .sum::<usize>()
+        + 2;
+    let head = RequestHead {
+        method,
+        target: &target,
+        version,
+        headers: &headers,
+        head_len,
+    };
+    let c = check(&head, limits, mode)?;
+    let edit = Edit::new(&head, &c, mode, peer, tls);
+    let verdict = Verdict {
+        path: c.target.path().to_string(),
+    };
+    drop(headers);
+    edit.apply(req);
+    Ok(verdict)
+}
+
+/// The changes to make to a Pingora request header, owned so the header can be borrowed
+/// mutably once they are known.
+struct Edit {
+    uri: Option<String>,
+    host: Option<String>,
+    remove: Vec<http::HeaderName>,
+    set: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Edit {
+    fn new(
+        head: &RequestHead<'_>,
+        c: &Checked<'_>,
+        mode: Forwarding,
+        peer: Option<IpAddr>,
+        tls: bool,
+    ) -> Edit {
+        let rewritten = matches!(c.target.path_and_query, std::borrow::Cow::Owned(_))
+            || c.target.authority.is_some();
+        let mut remove = Vec::new();
+        for (i, h) in head.headers.iter().enumerate() {
+            // Pingora frames the body itself from these, and `Host` stays unless replaced.
+            let keep = matches!(
+                request::kind(h.name.as_bytes()),
+                Kind::ContentLength | Kind::TransferEncoding | Kind::Host
+            );
+            if c.dropped.contains(i) && !keep {
+                if let Ok(name) = http::HeaderName::from_bytes(h.name.as_bytes()) {
+                    if !remove.contains(&name) {
+                        remove.push(name);
+                    }
+                }
+            }
+        }
+        let mut set = Vec::new();
+        if let (Some(peer), false) = (peer, mode == Forwarding::Off) {
+            let peer = Peer::new(peer);
+            Forwarded::new(head.headers, c, &peer, tls).each(|name, parts| {
+                set.push((name, parts.concat()));
+            });
+        }
+        Edit {
+            uri: rewritten.then(|| c.target.path_and_query.to_string()),
+            host: c.target.authority.map(str::to_string),
+            remove,
+            set,
+        }
+    }
+
+    fn apply(self, req: &mut RequestHeader) {
+        if let Some(uri) = self.uri.and_then(|u| u.parse::<http::Uri>().ok()) {
+            req.set_uri(uri);
+        }
+        if let Some(host) = self.host {
+            let _ = req.insert_header(http::header::HOST, host);
+        }
+        for name in self.remove {
+            req.remove_header(&name);
+        }
+        for (name, value) in self.set {
+            let _ = req.insert_header(name, value);
+        }
+    }
+}
+
+/// The proxy's own response head for the full proxy: the same headers [`super::own_response_h1`]
+/// writes on the fast path (`connection: close` follows from the session closing).
+pub(crate) fn own_response_header(code: u16, body_len: usize) -> Option<ResponseHeader> {
+    let mut resp = ResponseHeader::build(code, Some(4)).ok()?;
+    let _ = resp.insert_header(http::header::CONTENT_TYPE, super::OWN_CONTENT_TYPE);
+    let _ = resp.insert_header(http::header::CONTENT_LENGTH, body_len);
+    let _ = resp.insert_header(
+        http::header::DATE,
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    );
+    Some(resp)
+}
+
+/// Removes from an upstream response what the fast path does not relay either: hop-by-hop
+/// headers and those `Connection` names (an `Upgrade` of a 101 stays), `Content-Length` beside
+/// `Transfer-Encoding`, and `drop` (the slot header, which the proxy sets itself).
+pub(crate) fn clean_response(resp: &mut ResponseHeader, drop: Option<&str>) {
+    let mut remove: Vec<http::HeaderName> = Vec::new();
+    let mut chunked = false;
+    for (name, value) in resp.headers.iter() {
+        match response_kind(name.as_str().as_bytes()) {
+            ResponseKind::Connection => {
+                if resp.status != 101 {
+                    remove.push(name.clone());
+                }
+                for t in request::tokens(value.as_bytes()) {
+                    if let Ok(n) = http::HeaderName::from_bytes(t) {
+                        let framing = matches!(
+                            response_kind(n.as_str().as_bytes()),
+                            ResponseKind::ContentLength | ResponseKind::TransferEncoding
+                        );
+                        if !(framing || resp.status == 101 && n == http::header::UPGRADE) {
+                            remove.push(n);
+                        }
+                    }
+                }
+            }
+            ResponseKind::HopByHop if !(resp.status == 101 && name == http::header::UPGRADE) => {
+                remove.push(name.clone());
+            }
+            ResponseKind::TransferEncoding => chunked = true,
+            _ => {}
+        }
+    }
+    if chunked {
+        remove.push(http::header::CONTENT_LENGTH);
+    }
+    if let Some(d) = drop {
+        if let Ok(n) = http::HeaderName::from_bytes(d.as_bytes()) {
+            remove.push(n);
+        }
+    }
+    for name in remove {
+        resp.remove_header(&name);
+    }
+}
