@@ -6,6 +6,7 @@
 
 pub(crate) mod chunked;
 pub(crate) mod forward;
+pub mod invariants;
 pub(crate) mod pingora;
 pub(crate) mod request;
 pub(crate) mod response;

@@ -99,6 +99,9 @@ pub(crate) fn parse_response(
         Err(_) => return Parsed::Invalid,
     };
     let status = resp.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        return Parsed::Invalid;
+    }
     let mut close = resp.version == Some(0);
     let mut length = None;
     let mut chunked = false;

@@ -395,7 +395,7 @@ impl FastApp {
         let mut ex: Exchange<'_> =
             upstream::send(member, exchanges, slot, fresh_only, head).await?;
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
-        let mut out = Vec::with_capacity(READ_CHUNK);
+        let mut out = Vec::with_capacity(1024);
         let drop = self.slot_header.as_deref();
         let h = upstream::read_head(&mut ex, client, req.head_method, drop, &mut ubuf, &mut out)
             .await?;
