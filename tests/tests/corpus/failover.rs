@@ -16,17 +16,18 @@ const MEMBER: &str = r#"
 import http.server, socketserver, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     def do_GET(self):
+        # Head and body in one write: a kill cuts a response off before its first byte or
+        # not at all, so a loss is the proxy's, never a half-sent response.
         body = ("member " + sys.argv[1] + " " + self.path).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     def log_message(self, *args):
         pass
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256
 s = S(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
@@ -94,7 +95,7 @@ fn get_is_never_lost_to_a_killed_member() {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let lost = Arc::new(Mutex::new(Vec::<String>::new()));
-        let clients: Vec<_> = (0..4)
+        let clients: Vec<_> = (0..8)
             .map(|t| {
                 let (stop, ok, lost) = (stop.clone(), ok.clone(), lost.clone());
                 std::thread::spawn(move || {

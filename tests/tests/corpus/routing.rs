@@ -91,30 +91,60 @@ fn dot_segments_are_resolved_before_routing() {
     fails.assert_none();
 }
 
+/// Static targets the static handler refuses (400), each with a pipelined request after it.
+const BAD_STATIC: [&[u8]; 8] = [
+    b"/private/%00",
+    b"/private/%2f",
+    b"/private/\"x",
+    b"/private/{x}",
+    b"/private/|",
+    b"/private/\\",
+    b"/private/^`",
+    b"/private/\xc3\xa9",
+];
+
 #[test]
 fn a_400_that_says_close_is_followed_by_a_close() {
     let mut fails = Failures::default();
+    let mut closing = 0;
     for mode in MODES {
         let edge = Edge::start(mode, echo, "");
-        let mark = edge.up.mark();
-        let mut c = RawClient::connect(edge.addr()).expect("connect");
-        let _ = c.send(&[get("/private/%00"), get("/v/after")].concat());
-        let ex = c.read_to_end(READ);
-        let up = edge.up.requests_since(mark);
-        let first = ex.responses.first();
-        fails.check(mode, first.is_some_and(|r| r.status == 400), || {
-            format!("GET /private/%00: {}", outcome(&ex))
-        });
-        let says_close = first
-            .and_then(|r| r.header("connection"))
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        fails.check(mode, !says_close || (ex.responses.len() == 1 && ex.end == End::Closed && up.is_empty()), || {
-            format!(
-                "after `400` with `connection: close` the pipelined request was served: {} (upstream got {:?})",
-                outcome(&ex),
-                up.iter().map(|r| &r.target).collect::<Vec<_>>()
-            )
-        });
+        for target in BAD_STATIC {
+            let mark = edge.up.mark();
+            let mut c = RawClient::connect(edge.addr()).expect("connect");
+            let bytes = [
+                b"GET ",
+                target,
+                b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                &get("/v/after"),
+            ]
+            .concat();
+            let _ = c.send(&bytes);
+            // Two at most: a close after the first ends the read at once.
+            let ex = c.read(2, READ);
+            let up = edge.up.requests_since(mark);
+            let first = ex.responses.first();
+            let says_close = first
+                .and_then(|r| r.header("connection"))
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            if first.is_none_or(|r| r.status != 400) {
+                // Served (404) or refused otherwise: not what this test is about.
+                continue;
+            }
+            closing += usize::from(says_close);
+            fails.check(mode, !says_close || (ex.responses.len() == 1 && ex.end == End::Closed && up.is_empty()), || {
+                format!(
+                    "GET {}: `400` with `connection: close`, yet the pipelined request was served: {} (upstream got {:?})",
+                    show(target),
+                    outcome(&ex),
+                    up.iter().map(|r| &r.target).collect::<Vec<_>>()
+                )
+            });
+        }
     }
+    assert!(
+        closing > 0,
+        "no target drew a `400` with `connection: close`: the test checked nothing"
+    );
     fails.assert_none();
 }
