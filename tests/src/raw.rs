@@ -65,6 +65,8 @@ pub struct Received {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The head did not parse; the connection was closed after it.
     pub malformed: bool,
+    /// The body's framing completed (a request cut short or with a bad chunk is not).
+    pub complete: bool,
 }
 
 impl Received {
@@ -224,7 +226,8 @@ impl Drop for ScriptedUpstream {
 }
 
 /// The default answer: `200`, `Content-Length`, body `METHOD TARGET` (head only for `HEAD`),
-/// and `x-upstream-conn: ID`.
+/// and `x-upstream-conn: ID`. Like a real server, it closes the connection after answering a
+/// request that carries `Connection: close`.
 pub fn echo(req: &Received) -> Vec<Action> {
     let body = format!("{} {}", req.method, req.target);
     let conn = req.conn.to_string();
@@ -232,7 +235,15 @@ pub fn echo(req: &Received) -> Vec<Action> {
     if req.method == "HEAD" {
         resp.truncate(resp.len() - body.len());
     }
-    vec![Action::Write(resp)]
+    let close = req
+        .header_all("connection")
+        .iter()
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    let mut actions = vec![Action::Write(resp)];
+    if close {
+        actions.push(Action::Close);
+    }
+    actions
 }
 
 /// `HTTP/1.1 STATUS` with `headers`, a `Content-Length` for `body`, and `body`.
@@ -405,6 +416,7 @@ fn serve(stream: TcpStream, conn: usize, log: &Mutex<Log>, stop: &AtomicBool, sc
                 target: String::new(),
                 headers: Vec::new(),
                 malformed: true,
+                complete: false,
             });
             return;
         };
@@ -422,15 +434,15 @@ fn serve(stream: TcpStream, conn: usize, log: &Mutex<Log>, stop: &AtomicBool, sc
             .first()
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(0);
-        let (body, end) = if chunked {
+        let (body, end, complete) = if chunked {
             match read_chunked(&mut r, head_len, log, stop) {
-                Some(b) => b,
-                None => (Vec::new(), r.buf.len()),
+                Some((body, end)) => (body, end, true),
+                None => (Vec::new(), r.buf.len(), false),
             }
         } else {
-            let _ = r.want(head_len + length, log, stop);
+            let complete = r.want(head_len + length, log, stop);
             let end = (head_len + length).min(r.buf.len());
-            (r.buf[head_len..end].to_vec(), end)
+            (r.buf[head_len..end].to_vec(), end, complete)
         };
         let req = Received {
             conn,
@@ -441,8 +453,14 @@ fn serve(stream: TcpStream, conn: usize, log: &Mutex<Log>, stop: &AtomicBool, sc
             target,
             headers,
             malformed: false,
+            complete,
         };
         r.buf.drain(..end);
+        if !complete {
+            // Cut short or unreadable: logged, never answered.
+            log.lock().expect("log lock").requests.push(req);
+            return;
+        }
         let actions = if req.is_health_check() {
             vec![Action::Write(response(200, &[], b"ok"))]
         } else {
