@@ -205,33 +205,44 @@ fn slow_request_head_gets_408_within_the_header_timeout() {
     fails.assert_none();
 }
 
-/// Answers `GET /r` with `raw` and returns what the client got in each mode.
-fn upstream_answer(raw: &'static [u8], check: impl Fn(&Exchange) -> Result<(), String>) {
+/// For each of `raws`, an edge whose upstream answers `/r` with it, in each mode: `check`
+/// judges what the client got for a GET and for a POST. Every failure is reported at once.
+fn upstream_answers(
+    raws: &[&'static [u8]],
+    check: impl Fn(&[u8], &Exchange) -> Result<(), String>,
+) {
     let mut fails = Failures::default();
     for mode in MODES {
-        let edge = Edge::start(
-            mode,
-            move |req| match req.target.as_str() {
-                "/r" => vec![Action::Write(raw.to_vec())],
-                _ => echo(req),
-            },
-            "",
-        );
-        for (method, bytes) in [
-            ("GET", get("/r")),
-            (
-                "POST",
-                b"POST /r HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
-            ),
-        ] {
-            let ex = edge.exchange(&bytes, 1);
-            let r = check(&ex);
-            fails.check(mode, r.is_ok(), || {
-                format!("{method}: {} ({})", r.unwrap_err(), outcome(&ex))
-            });
+        for &raw in raws {
+            let edge = Edge::start(
+                mode,
+                move |req| match req.target.as_str() {
+                    "/r" => vec![Action::Write(raw.to_vec())],
+                    _ => echo(req),
+                },
+                "",
+            );
+            for (method, bytes) in [
+                ("GET", get("/r")),
+                (
+                    "POST",
+                    b"POST /r HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+                ),
+            ] {
+                let ex = edge.exchange(&bytes, 1);
+                let r = check(raw, &ex);
+                fails.check(mode, r.is_ok(), || {
+                    format!("{method}: {} ({})", r.unwrap_err(), outcome(&ex))
+                });
+            }
         }
     }
     fails.assert_none();
+}
+
+/// [`upstream_answers`] for one answer.
+fn upstream_answer(raw: &'static [u8], check: impl Fn(&Exchange) -> Result<(), String>) {
+    upstream_answers(&[raw], |_, ex| check(ex));
 }
 
 #[test]
@@ -282,26 +293,28 @@ fn a_hundred_upstream_headers_pass() {
 
 #[test]
 fn lenient_upstream_content_length_is_a_502() {
-    for raw in [
-        &b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"[..],
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\xa0\r\n\r\nhello",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\nhello",
-    ] {
-        upstream_answer(raw, move |ex| match ex.statuses().first() {
+    upstream_answers(
+        &[
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\xa0\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\nhello",
+        ],
+        |raw, ex| match ex.statuses().first() {
             Some(502) => Ok(()),
             _ => Err(format!("upstream sent {}: want 502", show(raw))),
-        });
-    }
+        },
+    );
 }
 
 #[test]
 fn bare_lf_in_upstream_chunk_framing_is_never_relayed() {
-    for raw in [
-        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\nhello\r\n0\r\n\r\n"[..],
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n",
-    ] {
-        upstream_answer(raw, move |ex| match ex.responses.first() {
+    upstream_answers(
+        &[
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n",
+        ],
+        |raw, ex| match ex.responses.first() {
             // Refused outright, or cut short: nothing raw was relayed.
             None => Ok(()),
             Some(r) if r.status == 502 => Ok(()),
@@ -312,6 +325,6 @@ fn bare_lf_in_upstream_chunk_framing_is_never_relayed() {
             )),
             Some(r) if r.body != b"hello" => Err(format!("body {:?}", r.text())),
             Some(_) => Ok(()),
-        });
-    }
+        },
+    );
 }
