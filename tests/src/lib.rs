@@ -3,6 +3,7 @@
 
 pub mod http;
 mod proxy;
+pub mod raw;
 pub mod ws;
 
 pub use bascule_proxy::demo::Upstream;
