@@ -161,6 +161,16 @@ pub(crate) fn check<'a>(
     if head.head_len > limits.max_header_bytes || head.headers.len() > MAX_REQUEST_HEADERS {
         return Err(Reject::HeadTooLarge);
     }
+    // As nginx: methods are upper-case letters, `_` and `-`; `get` is not `GET`, and an
+    // upstream that folds case could read it as one.
+    let method_ok = !head.method.is_empty()
+        && head
+            .method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-');
+    if !method_ok {
+        return Err(Reject::BadRequest("the method is not upper-case letters"));
+    }
     let target = target::normalise(head.method, head.target)?;
     let mut c = Checked {
         target,
@@ -479,6 +489,7 @@ mod tests {
     #[test]
     fn host_rules() {
         assert_eq!(run(b"GET / HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(run(b"get / HTTP/1.1\r\nHost: a\r\n\r\n"), Err(400));
         assert_eq!(run(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"), Err(400));
         assert_eq!(
             run(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
