@@ -6,4 +6,5 @@ mod proxy;
 pub mod ws;
 
 pub use bascule_proxy::demo::Upstream;
+pub use bascule_proxy::SlotName;
 pub use proxy::{bascule_bin, free_addr, two_slots, wait_until, Proxy, ProxyConfig};
