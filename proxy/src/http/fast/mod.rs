@@ -307,7 +307,7 @@ impl FastApp {
         let Some(header) = static_request(buf, req) else {
             return self.respond_error(client, slot, 400).await;
         };
-        let resp = self.statics.answer(&header, routing, slot, route);
+        let resp = self.statics.answer(&header, routing, slot, route).await;
         let mut extra = Vec::with_capacity(32);
         self.slot_line(slot, &mut extra);
         resp.write_h1(client, req.head_method, &extra)
