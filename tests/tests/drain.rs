@@ -21,6 +21,17 @@ fn state(proxy: &Proxy, slot: SlotName) -> SlotState {
     proxy.status().slots.get(slot).state
 }
 
+/// Waits for blue's upstream connection to be back in the pool, which happens just after
+/// the response is written.
+fn wait_blue_pooled(proxy: &Proxy) {
+    assert!(wait_until(Duration::from_secs(5), || proxy
+        .status()
+        .slots
+        .blue
+        .pooled
+        >= 1));
+}
+
 /// A request to blue that its upstream answers after `delay_ms`, once it is in flight.
 fn long_poll_on_blue(proxy: &Proxy, delay_ms: u64) -> JoinHandle<std::io::Result<Response>> {
     let addr = proxy.addr;
@@ -37,7 +48,7 @@ fn a_long_request_keeps_its_slot_draining_then_idle_and_drain_wait_returns() {
     let (_b, _g, proxy) = two_slots("");
     let addr = proxy.addr;
     assert_eq!(get(addr, "/").unwrap().status, 200);
-    assert!(proxy.status().slots.blue.pooled >= 1);
+    wait_blue_pooled(&proxy);
     let slow = std::thread::spawn(move || get(addr, "/?delay_ms=1500").unwrap());
     assert!(wait_until(Duration::from_secs(5), || inflight(
         &proxy,
@@ -219,10 +230,19 @@ fn a_member_killed_under_load_fails_no_get() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(700));
+    // Both members busy, then one dies: the load goes on until the checker has marked it
+    // down and well past that.
+    assert!(wait_until(Duration::from_secs(10), || blue_b.served() > 20
+        && ok.load(Ordering::Relaxed) > 100));
     let before = blue_b.served();
     blue_b.stop();
-    std::thread::sleep(Duration::from_millis(1500));
+    let marked_down = wait_until(Duration::from_secs(10), || {
+        proxy.call::<HealthReply>("health").unwrap().upstreams[1].healthy == Some(false)
+    });
+    let at_mark = ok.load(Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(10), || ok
+        .load(Ordering::Relaxed)
+        > at_mark + 200));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -230,8 +250,7 @@ fn a_member_killed_under_load_fails_no_get() {
     assert!(before > 0, "the second member never took traffic");
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 200);
-    let health: HealthReply = proxy.call("health").unwrap();
-    assert_eq!(health.upstreams[1].healthy, Some(false), "{health:?}");
+    assert!(marked_down, "the dead member was never marked down");
 }
 
 #[test]
@@ -335,6 +354,7 @@ fn a_drain_keeps_its_own_deadline_when_its_slot_comes_back_and_leaves_again() {
     proxy.admin_ok("flip green");
     proxy.admin_ok("flip blue");
     // ...then, well within that deadline, a second drain with a deadline of its own.
+    // A time gap is the point here, not a condition to await.
     std::thread::sleep(Duration::from_millis(1500));
     let last = Instant::now();
     proxy.admin_ok("flip green");
@@ -364,7 +384,7 @@ fn a_flip_whose_state_file_cannot_be_written_is_live_and_keeps_its_drain_deadlin
     std::fs::write(state_dir.path().join("sub"), "not a folder").unwrap();
     let addr = proxy.addr;
     assert_eq!(get(addr, "/").unwrap().status, 200);
-    assert!(proxy.status().slots.blue.pooled >= 1);
+    wait_blue_pooled(&proxy);
     let started = Instant::now();
     let poll = long_poll_on_blue(&proxy, 8000);
 
