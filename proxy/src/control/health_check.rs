@@ -1,6 +1,8 @@
 //! Active health checks: the background service that probes every member of the current
 //! snapshot each `[health] interval` and records the result in the member's
-//! [`MemberHealth`](crate::slots::health::MemberHealth).
+//! [`MemberHealth`](crate::slots::health::MemberHealth); and the checks `Control` runs on
+//! demand: a flip's health gate ([`Control::refusal`]) and a deploy's wait
+//! ([`Control::wait_healthy`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
