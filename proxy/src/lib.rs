@@ -1,6 +1,6 @@
 //! Bascule: a blue/green edge reverse proxy on Pingora.
 //!
-//! The whole routing state lives in one [`routing::Routing`] snapshot behind an `ArcSwap`,
+//! The whole routing state lives in one [`slots::routing::Routing`] snapshot behind an `ArcSwap`,
 //! owned by [`control::Control`]. A request loads the snapshot once, keeps that `Arc` for its
 //! whole life and is counted against the slot that serves it; a flip stores a new snapshot and
 //! so never moves a request that has started. See `docs/LIFECYCLE.md`.
