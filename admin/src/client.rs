@@ -5,7 +5,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bascule_config::SlotName;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::{Reply, SlotState, Status, StepDetail};
 
 /// Exit code: the command was carried out.
 pub const EXIT_OK: i32 = 0;
@@ -74,10 +78,11 @@ impl Client {
         Ok(reply.trim_end().to_string())
     }
 
-    /// Sends one command line and returns the parsed reply.
-    pub fn call(&mut self, line: &str) -> Result<Value, CtlError> {
+    /// Sends one command line and reads the reply as `T`: `Ok(Err(error))` when the proxy
+    /// refused the command.
+    pub fn call<T: DeserializeOwned>(&mut self, line: &str) -> Result<Result<T, String>, CtlError> {
         let raw = self.call_raw(line)?;
-        serde_json::from_str(&raw).map_err(|_| CtlError::BadReply(raw))
+        crate::parse_reply(&raw).map_err(|_| CtlError::BadReply(raw))
     }
 }
 
@@ -88,10 +93,13 @@ pub fn run(socket: &Path, json: bool, words: &[String]) -> i32 {
         eprintln!("bascule ctl: give a command; `bascule ctl help` lists them");
         return EXIT_USAGE;
     }
-    if let Err(e) = crate::Command::parse(&line) {
-        eprintln!("bascule ctl: {e}");
-        return EXIT_USAGE;
-    }
+    let cmd = match crate::Command::parse(&line) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            eprintln!("bascule ctl: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let reply = Client::connect(socket).and_then(|mut c| c.call_raw(&line));
     let raw = match reply {
         Ok(raw) => raw,
@@ -100,125 +108,135 @@ pub fn run(socket: &Path, json: bool, words: &[String]) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let value: Value = match serde_json::from_str(&raw) {
-        Ok(v) => v,
+    let reply = match Reply::parse(&cmd, &raw) {
+        Ok(r) => r,
         Err(_) => {
             eprintln!("bascule ctl: {}", CtlError::BadReply(raw));
             return EXIT_USAGE;
         }
     };
-    let ok = value.get("ok").and_then(Value::as_bool) == Some(true);
-    if json {
-        println!("{raw}");
-    } else if ok {
-        print!("{}", human(&value));
-    } else {
-        let error = value
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("refused");
-        eprintln!("refused: {error}");
-    }
-    if ok {
-        EXIT_OK
-    } else {
-        EXIT_REFUSED
+    match reply {
+        Ok(reply) => {
+            if json {
+                println!("{raw}");
+            } else {
+                print!("{}", human(&reply));
+            }
+            if let Some(w) = warning(&reply) {
+                eprintln!("warning: {w}");
+            }
+            EXIT_OK
+        }
+        Err(error) => {
+            if json {
+                println!("{raw}");
+            } else {
+                eprintln!("refused: {error}");
+            }
+            EXIT_REFUSED
+        }
     }
 }
 
-/// Renders a successful reply for a person: a table for `status`, `key: value` lines otherwise.
-pub fn human(reply: &Value) -> String {
+/// The warning a reply carries: the change is live, but something beside it failed.
+fn warning(reply: &Reply) -> Option<&str> {
+    match reply {
+        Reply::Flip(r) => r.warning.as_deref(),
+        Reply::Set(r) => r.warning.as_deref(),
+        Reply::Weights(r) => r.warning.as_deref(),
+        Reply::Reload(r) => r.warning.as_deref(),
+        Reply::Deploy(r) => r.steps.iter().find_map(|s| match &s.detail {
+            StepDetail::Flip(f) => f.warning.as_deref(),
+            _ => None,
+        }),
+        Reply::Status(_) | Reply::Drain(_) | Reply::Health(_) | Reply::Help(_) => None,
+    }
+}
+
+/// Renders a successful reply for a person: a table for `status`, one line per member for
+/// `health`, `key: value` lines otherwise.
+pub fn human(reply: &Reply) -> String {
     let mut out = String::new();
-    let Some(map) = reply.as_object() else {
-        return format!("{reply}\n");
-    };
-    if let Some(slots) = map.get("slots").and_then(Value::as_object) {
-        let field = |k: &str| map.get(k).map(scalar).unwrap_or_else(|| "-".into());
-        out.push_str(&format!(
-            "active: {}   previous: {}   generation: {}   last switch: {}\n\n",
-            field("active"),
-            field("previous"),
-            field("generation"),
-            field("last_switch"),
-        ));
-        out.push_str(&format!(
-            "{:<6} {:<9} {:<10} {:>8}  {}\n",
-            "SLOT", "STATE", "VERSION", "INFLIGHT", "UPSTREAMS"
-        ));
-        for (name, slot) in slots {
-            let get = |k: &str| slot.get(k).map(scalar).unwrap_or_else(|| "-".into());
-            let upstreams: Vec<String> = slot
-                .get("upstreams")
-                .and_then(Value::as_array)
-                .map(|list| list.iter().map(upstream_cell).collect())
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "{:<6} {:<9} {:<10} {:>8}  {}\n",
-                name,
-                get("state"),
-                get("version"),
-                get("inflight"),
-                if upstreams.is_empty() {
-                    "-".to_string()
-                } else {
-                    upstreams.join(", ")
+    match reply {
+        Reply::Status(status) => status_table(status, &mut out),
+        Reply::Health(health) => {
+            for m in &health.upstreams {
+                out.push_str(&format!("{:<6} {}", m.slot, cell(&m.address, m.healthy)));
+                if let Some(err) = &m.last_error {
+                    out.push_str(&format!("  last error: {err}"));
                 }
-            ));
+                out.push('\n');
+            }
         }
-        return out;
-    }
-    if let Some(list) = map.get("upstreams").and_then(Value::as_array) {
-        for u in list {
-            out.push_str(&upstream_line(u));
+        Reply::Help(help) => {
+            for c in &help.commands {
+                out.push_str(&format!("  {c}\n"));
+            }
         }
-    }
-    if let Some(cmds) = map.get("commands").and_then(Value::as_array) {
-        for c in cmds {
-            out.push_str(&format!("  {}\n", scalar(c)));
+        other => {
+            // Every other reply is a flat record: its fields, in the order they are sent.
+            if let Ok(Value::Object(map)) = serde_json::to_value(other) {
+                for (k, v) in map {
+                    out.push_str(&format!("{k}: {}\n", compact(&v)));
+                }
+            }
         }
-    }
-    for (k, v) in map {
-        if matches!(k.as_str(), "ok" | "upstreams" | "commands") {
-            continue;
-        }
-        out.push_str(&format!("{k}: {}\n", compact(v)));
     }
     out
 }
 
-fn upstream_cell(u: &Value) -> String {
-    let addr = u.get("address").map(scalar).unwrap_or_default();
-    match u.get("healthy").and_then(Value::as_bool) {
-        Some(true) => format!("{addr} (healthy)"),
-        Some(false) => format!("{addr} (UNHEALTHY)"),
-        None => format!("{addr} (unchecked)"),
+fn status_table(s: &Status, out: &mut String) {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    out.push_str(&format!(
+        "active: {}   previous: {}   generation: {}   last switch: {}\n\n",
+        s.active,
+        or_dash(s.previous.map(|p| p.to_string())),
+        s.generation,
+        or_dash(s.last_switch.clone()),
+    ));
+    out.push_str(&format!(
+        "{:<6} {:<9} {:<10} {:>8}  {}\n",
+        "SLOT", "STATE", "VERSION", "INFLIGHT", "UPSTREAMS"
+    ));
+    for name in SlotName::ALL {
+        let slot = s.slots.get(name);
+        let upstreams: Vec<String> = slot
+            .upstreams
+            .iter()
+            .map(|u| cell(&u.address, u.healthy))
+            .collect();
+        let state = match slot.state {
+            SlotState::Active => "active",
+            SlotState::Draining => "draining",
+            SlotState::Idle => "idle",
+        };
+        out.push_str(&format!(
+            "{:<6} {:<9} {:<10} {:>8}  {}\n",
+            name,
+            state,
+            or_dash(slot.version.clone()),
+            slot.inflight,
+            if upstreams.is_empty() {
+                "-".to_string()
+            } else {
+                upstreams.join(", ")
+            }
+        ));
     }
 }
 
-fn upstream_line(u: &Value) -> String {
-    let mut line = format!(
-        "{:<6} {}",
-        u.get("slot").map(scalar).unwrap_or_default(),
-        upstream_cell(u)
-    );
-    if let Some(err) = u.get("last_error").and_then(Value::as_str) {
-        line.push_str(&format!("  last error: {err}"));
-    }
-    line.push('\n');
-    line
-}
-
-fn scalar(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+fn cell(address: &str, healthy: Option<bool>) -> String {
+    match healthy {
+        Some(true) => format!("{address} (healthy)"),
+        Some(false) => format!("{address} (UNHEALTHY)"),
+        None => format!("{address} (unchecked)"),
     }
 }
 
 fn compact(v: &Value) -> String {
     match v {
-        Value::Object(_) | Value::Array(_) => v.to_string(),
-        other => scalar(other),
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
     }
 }

@@ -112,7 +112,7 @@ pub async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>) -
                 },
             },
         };
-        let mut reply = reply_line(outcome);
+        let mut reply = reply_line(&outcome);
         reply.push('\n');
         write.write_all(reply.as_bytes()).await?;
     }

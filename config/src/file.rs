@@ -50,12 +50,9 @@ pub(crate) struct Server {
     pub(crate) threads: Option<Spanned<usize>>,
     pub(crate) work_stealing: Option<bool>,
     pub(crate) slot_header: Option<Spanned<String>>,
-    #[serde(default, with = "humantime_serde")]
-    pub(crate) shutdown_grace: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub(crate) keepalive_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub(crate) park_idle_after: Option<Duration>,
+    pub(crate) shutdown_grace: Option<Spanned<HumanDuration>>,
+    pub(crate) keepalive_timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) park_idle_after: Option<Spanned<HumanDuration>>,
     pub(crate) fast_path: Option<bool>,
 }
 
@@ -98,21 +95,17 @@ pub(crate) struct Slot {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Upstream {
-    #[serde(default, with = "humantime_serde")]
-    pub(crate) connect_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) connect_timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) read_timeout: Option<Spanned<HumanDuration>>,
     pub(crate) keepalive_pool: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Health {
     pub(crate) path: Option<Spanned<String>>,
-    #[serde(default, with = "humantime_serde")]
-    pub(crate) interval: Option<Duration>,
+    pub(crate) interval: Option<Spanned<HumanDuration>>,
     pub(crate) timeout: Option<Spanned<HumanDuration>>,
     pub(crate) healthy_threshold: Option<Spanned<u32>>,
     pub(crate) unhealthy_threshold: Option<Spanned<u32>>,
@@ -121,8 +114,7 @@ pub(crate) struct Health {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Drain {
-    #[serde(default, with = "humantime_serde")]
-    pub(crate) timeout: Option<Duration>,
+    pub(crate) timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -145,10 +137,11 @@ pub(crate) struct Route {
     pub(crate) prefix: Spanned<String>,
     pub(crate) to: Spanned<Target>,
     pub(crate) spa_fallback: Option<Spanned<String>>,
-    pub(crate) cache_control: Option<String>,
+    pub(crate) cache_control: Option<Spanned<String>>,
 }
 
-/// A duration written `500ms`, `2s`, `1m`, that keeps its span for cross-field checks.
+/// A duration written `500ms`, `2s`, `1m`; spanned in the model, so that a zero or a
+/// cross-field conflict is reported at its place in the file.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HumanDuration(pub(crate) Duration);
 

@@ -294,3 +294,83 @@ fn check_upstream_forms() {
     assert!(check_upstream(":80").is_err());
     assert!(check_upstream("app:0").is_err());
 }
+
+#[test]
+fn zero_durations_are_refused_where_they_stand() {
+    for (table, key) in [
+        ("health", "interval"),
+        ("health", "timeout"),
+        ("drain", "timeout"),
+        ("upstream", "connect_timeout"),
+        ("upstream", "read_timeout"),
+        ("upstream", "idle_timeout"),
+        ("server", "keepalive_timeout"),
+        ("server", "park_idle_after"),
+        ("server", "shutdown_grace"),
+    ] {
+        let (line, col, msg) = invalid(&format!("[{table}]\n{key} = \"0s\"\n"));
+        assert_eq!((line, col), (2, key.len() + 4), "{table}.{key}");
+        assert!(
+            msg.starts_with(&format!("{table}.{key}: must be above 0")),
+            "{msg}"
+        );
+    }
+    assert!(parse(
+        "[health]\ninterval = \"1ms\"\ntimeout = \"1ms\"\n",
+        "t.toml"
+    )
+    .is_ok());
+}
+
+#[test]
+fn parking_must_come_before_the_keepalive_timeout() {
+    let (line, _, msg) =
+        invalid("[server]\nkeepalive_timeout = \"5s\"\npark_idle_after = \"5s\"\n");
+    assert_eq!(line, 3);
+    assert!(
+        msg.starts_with("server.park_idle_after: must be below server.keepalive_timeout (5s)"),
+        "{msg}"
+    );
+    // Against the default keep-alive timeout (60 s) too.
+    let (_, _, msg) = invalid("[server]\npark_idle_after = \"2m\"\n");
+    assert!(msg.contains("(1m)"), "{msg}");
+    let ok = parse(
+        "[server]\nkeepalive_timeout = \"5s\"\npark_idle_after = \"4s\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(ok.server.park_idle_after, Duration::from_secs(4));
+}
+
+#[test]
+fn route_cache_control_must_be_a_header_of_directives() {
+    let route = |value: &str| {
+        format!(
+            "[slots.blue]\nstatic_root = \"/srv\"\n[[routes]]\nprefix = \"/\"\nto = \"static\"\ncache_control = {value}\n"
+        )
+    };
+    for bad in [
+        "\"\"",
+        "\"max-age=60\\nx\"",
+        "\"max age=60\"",
+        "\"public,,max-age=1\"",
+        "\"é\"",
+    ] {
+        let (line, col, msg) = invalid(&route(bad));
+        assert_eq!((line, col), (6, 17), "{bad}");
+        assert!(msg.starts_with("routes[0].cache_control:"), "{bad}: {msg}");
+    }
+    let ok = parse(
+        &route("\"public, max-age=60, stale-if-error=\\\"x\\\"\""),
+        "t.toml",
+    );
+    let ok = ok.unwrap();
+    assert_eq!(
+        ok.routes[0].cache_control.as_deref(),
+        Some("public, max-age=60, stale-if-error=\"x\"")
+    );
+    let (_, _, msg) = invalid(
+        "[[routes]]\nprefix = \"/api/\"\nto = \"upstream\"\ncache_control = \"no-store\"\n",
+    );
+    assert!(msg.contains("only a `static` route"), "{msg}");
+}

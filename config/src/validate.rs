@@ -2,10 +2,11 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::file::{self, FileConfig};
+use crate::file::{self, FileConfig, HumanDuration};
 use crate::*;
 
 /// A rule broken at `span` of the text.
@@ -52,16 +53,36 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
         }
         None => Some(DEFAULT_SLOT_HEADER.to_string()),
     };
+    let keepalive_timeout = duration(
+        f.server.keepalive_timeout,
+        "server.keepalive_timeout",
+        DEFAULT_KEEPALIVE_TIMEOUT,
+    )?;
+    let park_idle_after = match f.server.park_idle_after {
+        // Parking waits for a connection idle this long, and the keep-alive timeout closes it
+        // first: the parking would silently never happen.
+        Some(p) if p.get_ref().0 >= keepalive_timeout => {
+            return err(
+                p.span(),
+                format!(
+                    "server.park_idle_after: must be below server.keepalive_timeout ({})",
+                    humantime::format_duration(keepalive_timeout)
+                ),
+            )
+        }
+        p => duration(p, "server.park_idle_after", DEFAULT_PARK_IDLE_AFTER)?,
+    };
     let server = ServerConfig {
         threads,
         work_stealing: f.server.work_stealing.unwrap_or(false),
         slot_header,
-        shutdown_grace: f.server.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-        keepalive_timeout: f
-            .server
-            .keepalive_timeout
-            .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
-        park_idle_after: f.server.park_idle_after.unwrap_or(DEFAULT_PARK_IDLE_AFTER),
+        shutdown_grace: duration(
+            f.server.shutdown_grace,
+            "server.shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+        )?,
+        keepalive_timeout,
+        park_idle_after,
         fast_path: f.server.fast_path.unwrap_or(true),
     };
 
@@ -84,18 +105,27 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
     let green = slot(f.slots.green.unwrap_or_default(), "green")?;
 
     let upstream = UpstreamConfig {
-        connect_timeout: f
-            .upstream
-            .connect_timeout
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        read_timeout: f.upstream.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT),
+        connect_timeout: duration(
+            f.upstream.connect_timeout,
+            "upstream.connect_timeout",
+            DEFAULT_CONNECT_TIMEOUT,
+        )?,
+        read_timeout: duration(
+            f.upstream.read_timeout,
+            "upstream.read_timeout",
+            DEFAULT_READ_TIMEOUT,
+        )?,
         keepalive_pool: f.upstream.keepalive_pool.unwrap_or(DEFAULT_KEEPALIVE_POOL),
-        idle_timeout: f.upstream.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        idle_timeout: duration(
+            f.upstream.idle_timeout,
+            "upstream.idle_timeout",
+            DEFAULT_IDLE_TIMEOUT,
+        )?,
     };
 
     let health = health(f.health)?;
     let drain = DrainConfig {
-        timeout: f.drain.timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        timeout: duration(f.drain.timeout, "drain.timeout", DEFAULT_DRAIN_TIMEOUT)?,
     };
     let statics = StaticConfig {
         cache_max_file: f
@@ -138,6 +168,24 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
     })
 }
 
+/// A duration from the file, or `default`; zero is refused: every duration here is a timeout
+/// or a period, and zero would mean "at once, for ever" (a health checker that spins, requests
+/// cut before they start).
+fn duration(
+    d: Option<Spanned<HumanDuration>>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, Violation> {
+    match d {
+        Some(d) if d.get_ref().0.is_zero() => err(
+            d.span(),
+            format!("{key}: must be above 0 (`500ms`, `2s`, `1m`)"),
+        ),
+        Some(d) => Ok(d.into_inner().0),
+        None => Ok(default),
+    }
+}
+
 fn slot(s: file::Slot, name: &str) -> Result<SlotConfig, Violation> {
     let mut upstreams = Vec::with_capacity(s.upstreams.len());
     for u in s.upstreams {
@@ -176,7 +224,7 @@ fn health(h: file::Health) -> Result<HealthConfig, Violation> {
         Some(p) => p.into_inner(),
         None => DEFAULT_HEALTH_PATH.to_string(),
     };
-    let interval = h.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL);
+    let interval = duration(h.interval, "health.interval", DEFAULT_HEALTH_INTERVAL)?;
     let timeout = match h.timeout {
         Some(t) if t.get_ref().0 > interval => {
             return err(
@@ -187,7 +235,7 @@ fn health(h: file::Health) -> Result<HealthConfig, Violation> {
                 ),
             )
         }
-        Some(t) => t.into_inner().0,
+        t @ Some(_) => duration(t, "health.timeout", DEFAULT_HEALTH_TIMEOUT)?,
         None => DEFAULT_HEALTH_TIMEOUT.min(interval),
     };
     let threshold = |t: Option<Spanned<u32>>, key: &str, default| match t {
@@ -261,14 +309,62 @@ fn routes(
             Some(s) => Some(s.into_inner()),
             None => None,
         };
+        let cache_control = match r.cache_control {
+            Some(c) if to != RouteTarget::Static => {
+                return err(
+                    c.span(),
+                    format!("routes[{i}].cache_control: only a `static` route sets it"),
+                )
+            }
+            Some(c) => match check_cache_control(c.get_ref()) {
+                Ok(()) => Some(c.into_inner()),
+                Err(why) => return err(c.span(), format!("routes[{i}].cache_control: {why}")),
+            },
+            None => None,
+        };
         routes.push(Route {
             prefix: r.prefix.into_inner(),
             to,
             spa_fallback,
-            cache_control: r.cache_control,
+            cache_control,
         });
     }
     // Longest prefix first, so the first match is the longest.
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     Ok(routes)
+}
+
+/// Checks a `Cache-Control` value: directives `name` or `name=value` separated by commas, in
+/// the characters a header value may hold. A value that is not one would be dropped when the
+/// response is built, and the file's intent silently lost.
+fn check_cache_control(value: &str) -> Result<(), String> {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let quoted = |q: &str| {
+        q.len() >= 2
+            && q.starts_with('"')
+            && q.ends_with('"')
+            && q[1..q.len() - 1]
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) && b != b'"')
+    };
+    if value.trim().is_empty() {
+        return Err("give directives such as `public, max-age=3600`, or leave the key out".into());
+    }
+    for directive in value.split(',') {
+        let directive = directive.trim();
+        let ok = match directive.split_once('=') {
+            None => token(directive),
+            Some((name, arg)) => token(name) && (token(arg) || quoted(arg)),
+        };
+        if !ok {
+            return Err(format!(
+                "`{directive}` is not a directive (`name` or `name=value`, e.g. `max-age=3600`)"
+            ));
+        }
+    }
+    Ok(())
 }

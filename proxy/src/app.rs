@@ -55,8 +55,7 @@ impl App {
     /// Builds every service and binds the admin socket. Errors name what failed.
     pub fn build(config: Config, opts: StartOptions) -> anyhow::Result<App> {
         let metrics = Metrics::new();
-        let (control, warning) =
-            Control::new(config.clone(), metrics).map_err(anyhow::Error::msg)?;
+        let (control, warning) = Control::new(config.clone(), metrics)?;
         if let Some(w) = warning {
             tracing::warn!("{w}");
             eprintln!("bascule: WARNING: {w}");

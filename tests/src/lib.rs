@@ -7,4 +7,5 @@ pub mod raw;
 pub mod ws;
 
 pub use bascule_proxy::demo::Upstream;
+pub use bascule_proxy::SlotName;
 pub use proxy::{bascule_bin, free_addr, two_slots, wait_until, Proxy, ProxyConfig};

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bascule_admin::client::Client;
-use serde_json::Value;
+use bascule_admin::{Reply, Status};
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 /// Path of the `bascule` binary, built once per test process.
 ///
@@ -74,6 +75,16 @@ pub struct ProxyConfig {
     pub server: String,
     /// Extra TOML appended verbatim (routes, health, drain…).
     pub extra: String,
+    /// The state file (default: `state.json` in the proxy's temp dir).
+    pub state: Option<PathBuf>,
+}
+
+/// Why a start failed.
+enum Failed {
+    /// Another process bound the port first; the dir is given back for the next attempt.
+    PortTaken(tempfile::TempDir),
+    /// Anything else, with the proxy's stderr.
+    Other(String),
 }
 
 /// A running `bascule serve` process with its own temp dir.
@@ -101,6 +112,11 @@ fn list(addrs: &[SocketAddr]) -> String {
 }
 
 impl ProxyConfig {
+    /// The state file for a proxy in `dir`.
+    pub fn state_path(&self, dir: &Path) -> PathBuf {
+        self.state.clone().unwrap_or_else(|| dir.join("state.json"))
+    }
+
     /// The TOML for this config in `dir`, listening on `addr`.
     pub fn render(&self, dir: &Path, addr: SocketAddr) -> String {
         let root = |r: &Option<PathBuf>| {
@@ -110,11 +126,12 @@ impl ProxyConfig {
         };
         format!(
             "[listen]\nhttp = [\"{addr}\"]\n\n[server]\nthreads = 2\nshutdown_grace = \"5s\"\n{server}\n\
-             [admin]\nsocket = \"{d}/admin.sock\"\n\n[state]\npath = \"{d}/state.json\"\n\n\
+             [admin]\nsocket = \"{d}/admin.sock\"\n\n[state]\npath = \"{state}\"\n\n\
              [slots.blue]\nupstreams = [{b}]\nversion = \"1.0.0\"\n{br}\n\
              [slots.green]\nupstreams = [{g}]\nversion = \"1.1.0\"\n{gr}\n\
              [upstream]\nconnect_timeout = \"1s\"\nread_timeout = \"5s\"\n\n{extra}\n",
             d = dir.display(),
+            state = self.state_path(dir).display(),
             b = list(&self.blue),
             g = list(&self.green),
             server = self.server,
@@ -125,23 +142,54 @@ impl ProxyConfig {
     }
 }
 
+/// What Pingora logs when a listening port is taken (it then retries for 30 s).
+const PORT_IN_USE: &str = "is in use, will try again";
+
+/// How many ports `Proxy::start` tries before it gives up.
+const START_ATTEMPTS: usize = 5;
+
 impl Proxy {
     /// Writes the config into a new temp dir and starts the proxy; returns once it serves.
+    ///
+    /// The port is found free by binding it and letting it go, so another process can take it
+    /// before the proxy binds it: a start that fails on a port in use is retried on a new one.
     pub fn start(cfg: &ProxyConfig) -> Proxy {
         let dir = tempfile::Builder::new()
             .prefix("bascule-test-")
             .tempdir()
             .expect("temp dir");
-        let addr = free_addr();
         let config = dir.path().join("bascule.toml");
-        std::fs::write(&config, cfg.render(dir.path(), addr)).expect("write config");
-        Proxy::start_in(dir, config, addr)
+        let state = cfg.state_path(dir.path());
+        let mut dir = dir;
+        for _ in 0..START_ATTEMPTS {
+            let addr = free_addr();
+            std::fs::write(&config, cfg.render(dir.path(), addr)).expect("write config");
+            match Proxy::spawn(dir, config.clone(), addr, state.clone()) {
+                Ok(proxy) => return proxy,
+                Err(Failed::PortTaken(d)) => dir = d,
+                Err(Failed::Other(why)) => panic!("{why}"),
+            }
+        }
+        panic!("bascule did not start: {START_ATTEMPTS} ports were taken before it bound them");
     }
 
     /// Starts the proxy on an existing `dir` and `config` (a restart).
     pub fn start_in(dir: tempfile::TempDir, config: PathBuf, addr: SocketAddr) -> Proxy {
-        let socket = dir.path().join("admin.sock");
         let state = dir.path().join("state.json");
+        match Proxy::spawn(dir, config, addr, state) {
+            Ok(proxy) => proxy,
+            Err(Failed::PortTaken(_)) => panic!("bascule did not start: {addr} is taken"),
+            Err(Failed::Other(why)) => panic!("{why}"),
+        }
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        addr: SocketAddr,
+        state: PathBuf,
+    ) -> Result<Proxy, Failed> {
+        let socket = dir.path().join("admin.sock");
         let stderr = dir.path().join("stderr.log");
         let child = Command::new(bascule_bin())
             .args(["serve", "-c"])
@@ -161,22 +209,31 @@ impl Proxy {
             dir,
             stderr,
         };
+        let mut taken = false;
         let ready = wait_until(Duration::from_secs(20), || {
             if let Some(Ok(Some(_))) = proxy.child.as_mut().map(|c| c.try_wait()) {
                 return true;
             }
-            TcpStream::connect(addr).is_ok() && Client::connect(&proxy.socket).is_ok()
+            // Pingora retries a port in use for 30 s, saying so: no need to wait that out.
+            taken = proxy.stderr().contains(PORT_IN_USE);
+            taken || TcpStream::connect(addr).is_ok() && Client::connect(&proxy.socket).is_ok()
         });
         let exited = proxy
             .child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten());
-        assert!(
-            ready && exited.is_none(),
-            "bascule did not start (exit {exited:?}):\n{}",
-            proxy.stderr()
-        );
-        proxy
+        if ready && !taken && exited.is_none() {
+            return Ok(proxy);
+        }
+        proxy.stop();
+        let stderr = proxy.stderr();
+        if taken || stderr.contains(PORT_IN_USE) {
+            let dir = tempfile::TempDir::new().expect("placeholder dir");
+            return Err(Failed::PortTaken(std::mem::replace(&mut proxy.dir, dir)));
+        }
+        Err(Failed::Other(format!(
+            "bascule did not start (exit {exited:?}):\n{stderr}"
+        )))
     }
 
     /// Stops the proxy and starts it again on the same dir, config and port.
@@ -184,8 +241,12 @@ impl Proxy {
         self.stop();
         let dir = tempfile::TempDir::new().expect("placeholder dir");
         let dir = std::mem::replace(&mut self.dir, dir);
-        let (config, addr) = (self.config.clone(), self.addr);
-        Proxy::start_in(dir, config, addr)
+        let (config, addr, state) = (self.config.clone(), self.addr, self.state.clone());
+        match Proxy::spawn(dir, config, addr, state) {
+            Ok(proxy) => proxy,
+            Err(Failed::PortTaken(_)) => panic!("bascule did not restart: {addr} is taken"),
+            Err(Failed::Other(why)) => panic!("{why}"),
+        }
     }
 
     /// What the proxy wrote to stderr so far.
@@ -197,17 +258,35 @@ impl Proxy {
         s
     }
 
-    /// Sends one admin command and returns the parsed reply.
-    pub fn admin(&self, line: &str) -> Value {
+    /// Sends one admin command and reads the reply as `T`, or the refusal's message.
+    pub fn call<T: DeserializeOwned>(&self, line: &str) -> Result<T, String> {
         let mut c = Client::connect(&self.socket).expect("admin socket");
         c.call(line).expect("admin reply")
     }
 
-    /// Sends one admin command that must succeed.
-    pub fn admin_ok(&self, line: &str) -> Value {
-        let v = self.admin(line);
-        assert_eq!(v["ok"], true, "`{line}` was refused: {v}");
-        v
+    /// Sends one admin command that must succeed; its reply, typed by the command.
+    pub fn admin_ok(&self, line: &str) -> Reply {
+        let cmd = bascule_admin::Command::parse(line).expect("a valid command line");
+        let mut c = Client::connect(&self.socket).expect("admin socket");
+        let raw = c.call_raw(line).expect("admin reply");
+        match Reply::parse(&cmd, &raw) {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => panic!("`{line}` was refused: {e}"),
+            Err(e) => panic!("`{line}`: {e} in {raw}"),
+        }
+    }
+
+    /// Sends one admin command that must be refused; the refusal's message.
+    pub fn admin_err(&self, line: &str) -> String {
+        match self.call::<IgnoredAny>(line) {
+            Err(e) => e,
+            Ok(_) => panic!("`{line}` was not refused"),
+        }
+    }
+
+    /// `status`, which must succeed.
+    pub fn status(&self) -> Status {
+        self.call("status").expect("status")
     }
 
     /// Runs `bascule ctl -s SOCKET args…`.

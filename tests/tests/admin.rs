@@ -2,14 +2,15 @@
 
 use std::time::Duration;
 
+use bascule_admin::{DeployReply, ReloadReply, SlotState, WeightsReply};
 use bascule_tests::http::get;
-use bascule_tests::{free_addr, two_slots, wait_until, Upstream};
+use bascule_tests::{free_addr, two_slots, wait_until, SlotName, Upstream};
 
 #[test]
 fn weights_split_new_requests_exactly() {
     let (_b, _g, proxy) = two_slots("");
-    let v = proxy.admin_ok("weights blue=3 green=1");
-    assert_eq!(v["weights"]["green"], 1);
+    let v: WeightsReply = proxy.call("weights blue=3 green=1").unwrap();
+    assert_eq!((v.weights.blue, v.weights.green), (3, 1));
     let mut green = 0;
     for _ in 0..40 {
         if get(proxy.addr, "/").unwrap().slot() == Some("green") {
@@ -17,30 +18,26 @@ fn weights_split_new_requests_exactly() {
         }
     }
     assert_eq!(green, 10);
-    let status = proxy.admin_ok("status");
-    assert_eq!(status["slots"]["green"]["state"], "active");
+    assert_eq!(proxy.status().slots.green.state, SlotState::Active);
     // A flip ends the split.
     proxy.admin_ok("flip blue");
     assert!((0..10).all(|_| get(proxy.addr, "/").unwrap().slot() == Some("blue")));
-    assert_eq!(proxy.admin("weights blue=0 green=0")["ok"], false);
+    proxy.admin_err("weights blue=0 green=0");
 }
 
 #[test]
 fn deploy_sets_waits_for_health_flips_and_drains() {
     let (_b, _g, proxy) = two_slots("[health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\n");
     let next = Upstream::start("127.0.0.1:0", "green-next", "2.0.0").unwrap();
-    let v = proxy.admin_ok(&format!(
-        "deploy green --upstreams {} --version 2.0.0 --timeout 10s",
-        next.addr()
-    ));
-    assert_eq!(v["active"], "green");
-    assert_eq!(v["drained"], true);
-    let steps: Vec<&str> = v["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
+    let v: DeployReply = proxy
+        .call(&format!(
+            "deploy green --upstreams {} --version 2.0.0 --timeout 10s",
+            next.addr()
+        ))
+        .unwrap();
+    assert_eq!(v.active, SlotName::Green);
+    assert!(v.drained);
+    let steps: Vec<&str> = v.steps.iter().map(|s| s.step.as_str()).collect();
     assert_eq!(
         steps,
         ["set upstreams", "set version", "healthy", "flip", "drain"]
@@ -49,16 +46,9 @@ fn deploy_sets_waits_for_health_flips_and_drains() {
 
     // A deploy to a dead address stops before the flip and says why.
     let dead = free_addr();
-    let v = proxy.admin(&format!("deploy blue --upstreams {dead} --timeout 1s"));
-    assert_eq!(v["ok"], false);
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("did not become healthy"),
-        "{v}"
-    );
-    assert_eq!(proxy.admin_ok("status")["active"], "green");
+    let err = proxy.admin_err(&format!("deploy blue --upstreams {dead} --timeout 1s"));
+    assert!(err.contains("did not become healthy"), "{err}");
+    assert_eq!(proxy.status().active, SlotName::Green);
 }
 
 #[test]
@@ -68,9 +58,8 @@ fn reload_applies_a_good_file_and_keeps_the_old_config_on_a_bad_one() {
     let original = std::fs::read_to_string(&proxy.config).unwrap();
 
     std::fs::write(&proxy.config, format!("{original}\n[bogus]\n")).unwrap();
-    let v = proxy.admin("reload");
-    assert_eq!(v["ok"], false);
-    assert!(v["error"].as_str().unwrap().contains("bogus"), "{v}");
+    let err = proxy.admin_err("reload");
+    assert!(err.contains("bogus"), "{err}");
     assert_eq!(get(proxy.addr, "/").unwrap().text(), "blue 1.0.0\n");
 
     let changed = original.replacen(
@@ -80,13 +69,8 @@ fn reload_applies_a_good_file_and_keeps_the_old_config_on_a_bad_one() {
     );
     assert_ne!(changed, original);
     std::fs::write(&proxy.config, changed).unwrap();
-    let v = proxy.admin_ok("reload");
-    let changes: Vec<&str> = v["changed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
+    let v: ReloadReply = proxy.call("reload").unwrap();
+    let changes: Vec<&str> = v.changed.iter().map(String::as_str).collect();
     assert!(changes.contains(&"slots.blue.upstreams"), "{changes:?}");
     assert!(changes.contains(&"slots.blue.version"), "{changes:?}");
     assert_eq!(get(proxy.addr, "/").unwrap().text(), "blue-two 3.0.0\n");

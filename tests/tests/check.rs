@@ -61,3 +61,22 @@ fn a_missing_file_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
 }
+
+#[test]
+fn zero_durations_parking_after_keepalive_and_bad_cache_control_are_located() {
+    for (text, at) in [
+        ("[health]\ninterval = \"0s\"\n", "2:12: health.interval: must be above 0"),
+        (
+            "[server]\nkeepalive_timeout = \"10s\"\npark_idle_after = \"10s\"\n",
+            "3:19: server.park_idle_after: must be below server.keepalive_timeout (10s)",
+        ),
+        (
+            "[slots.blue]\nstatic_root = \"/srv\"\n\n[[routes]]\nprefix = \"/\"\nto = \"static\"\ncache_control = \"max age\"\n",
+            "7:17: routes[0].cache_control: `max age` is not a directive",
+        ),
+    ] {
+        let (code, _, err, path) = check(text);
+        assert_eq!(code, Some(2), "{text}");
+        assert!(err.starts_with(&format!("{path}:{at}")), "{err}");
+    }
+}

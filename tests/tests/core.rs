@@ -5,8 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bascule_admin::{parse_reply, FlipReply, HelpReply, SetReply, SlotState, Status};
+use bascule_proxy::control::state::PersistedState;
 use bascule_tests::http::{get, Conn};
-use bascule_tests::{free_addr, wait_until, Proxy, ProxyConfig, Upstream};
+use bascule_tests::{free_addr, wait_until, Proxy, ProxyConfig, SlotName, Upstream};
 
 struct Pair {
     blue: Upstream,
@@ -38,28 +40,28 @@ fn flip_and_rollback_move_the_next_request() {
     assert_eq!(r.text(), "blue 1.0.0\n");
     assert_eq!(r.slot(), Some("blue"));
 
-    let flip = proxy.admin_ok("flip green");
-    assert_eq!(flip["active"], "green");
-    assert_eq!(flip["previous"], "blue");
+    let flip: FlipReply = proxy.call("flip green").unwrap();
+    assert_eq!(flip.active, SlotName::Green);
+    assert_eq!(flip.previous, Some(SlotName::Blue));
     let r = get(proxy.addr, "/").unwrap();
     assert_eq!(
         (r.text().as_str(), r.slot()),
         ("green 1.1.0\n", Some("green"))
     );
 
-    let back = proxy.admin_ok("rollback");
-    assert_eq!(back["active"], "blue");
-    assert!(back["generation"].as_u64().unwrap() > flip["generation"].as_u64().unwrap());
+    let back: FlipReply = proxy.call("rollback").unwrap();
+    assert_eq!(back.active, SlotName::Blue);
+    assert!(back.generation > flip.generation);
     assert_eq!(get(proxy.addr, "/").unwrap().text(), "blue 1.0.0\n");
 
-    let status = proxy.admin_ok("status");
-    assert_eq!(status["active"], "blue");
-    assert_eq!(status["previous"], "green");
-    assert!(status["last_switch"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(status["slots"]["green"]["version"], "1.1.0");
-    assert_eq!(status["slots"]["blue"]["state"], "active");
+    let status = proxy.status();
+    assert_eq!(status.active, SlotName::Blue);
+    assert_eq!(status.previous, Some(SlotName::Green));
+    assert!(status.last_switch.unwrap().ends_with('Z'));
+    assert_eq!(status.slots.green.version.as_deref(), Some("1.1.0"));
+    assert_eq!(status.slots.blue.state, SlotState::Active);
     assert_eq!(
-        status["slots"]["blue"]["upstreams"][0]["address"],
+        status.slots.blue.upstreams[0].address,
         p.blue.addr().to_string()
     );
 }
@@ -71,14 +73,16 @@ fn a_request_in_flight_finishes_on_the_slot_it_started_on() {
     let addr = proxy.addr;
     let slow = std::thread::spawn(move || get(addr, "/slow?delay_ms=2000").unwrap());
     assert!(
-        wait_until(Duration::from_secs(5), || proxy.admin("status")["slots"]
-            ["blue"]["inflight"]
+        wait_until(Duration::from_secs(5), || proxy
+            .status()
+            .slots
+            .blue
+            .inflight
             == 1),
         "the slow request never showed as in flight"
     );
     proxy.admin_ok("flip green");
-    let status = proxy.admin_ok("status");
-    assert_eq!(status["slots"]["blue"]["state"], "draining");
+    assert_eq!(proxy.status().slots.blue.state, SlotState::Draining);
     assert_eq!(get(proxy.addr, "/").unwrap().text(), "green 1.1.0\n");
 
     let r = slow.join().unwrap();
@@ -90,7 +94,7 @@ fn a_request_in_flight_finishes_on_the_slot_it_started_on() {
     );
     assert_eq!(r.slot(), Some("blue"));
     assert!(wait_until(Duration::from_secs(5), || {
-        proxy.admin("status")["slots"]["blue"]["state"] == "idle"
+        proxy.status().slots.blue.state == SlotState::Idle
     }));
 }
 
@@ -176,18 +180,18 @@ fn restart_restores_active_slot_and_runtime_sets() {
     proxy.admin_ok("set green version 2.0.0");
     proxy.admin_ok("flip green");
     assert_eq!(get(proxy.addr, "/").unwrap().text(), "green-b 2.0.0\n");
-    let generation = proxy.admin_ok("status")["generation"].as_u64().unwrap();
+    let generation = proxy.status().generation;
 
     let proxy = proxy.restart();
-    let status = proxy.admin_ok("status");
-    assert_eq!(status["active"], "green");
-    assert_eq!(status["previous"], "blue");
-    assert_eq!(status["generation"].as_u64().unwrap(), generation);
-    assert_eq!(status["slots"]["green"]["version"], "2.0.0");
+    let status = proxy.status();
+    assert_eq!(status.active, SlotName::Green);
+    assert_eq!(status.previous, Some(SlotName::Blue));
+    assert_eq!(status.generation, generation);
+    assert_eq!(status.slots.green.version.as_deref(), Some("2.0.0"));
     assert_eq!(get(proxy.addr, "/").unwrap().text(), "green-b 2.0.0\n");
-    let state: serde_json::Value =
+    let state: PersistedState =
         serde_json::from_str(&std::fs::read_to_string(&proxy.state).unwrap()).unwrap();
-    assert_eq!(state["active"], "green");
+    assert_eq!(state.active, SlotName::Green);
 }
 
 #[test]
@@ -204,7 +208,7 @@ fn a_corrupt_state_file_starts_with_the_config_defaults() {
         "no warning: {}",
         proxy.stderr()
     );
-    assert_eq!(proxy.admin_ok("status")["active"], "blue");
+    assert_eq!(proxy.status().active, SlotName::Blue);
     assert_eq!(get(proxy.addr, "/").unwrap().text(), "blue 1.0.0\n");
 }
 
@@ -221,11 +225,11 @@ fn bad_admin_input_gets_errors_and_the_socket_keeps_serving() {
         .unwrap();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
-    let mut ask = |bytes: &[u8]| -> serde_json::Value {
+    let mut ask = |bytes: &[u8]| -> Result<Status, String> {
         w.write_all(bytes).unwrap();
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
+        parse_reply(&line).unwrap()
     };
     for (input, needle) in [
         (&b"frobnicate\n"[..], "unknown command"),
@@ -235,48 +239,40 @@ fn bad_admin_input_gets_errors_and_the_socket_keeps_serving() {
         (b"set blue upstreams not-an-address\n", "host:port"),
         (b"rollback\n", "nothing to roll back"),
     ] {
-        let v = ask(input);
-        assert_eq!(v["ok"], false, "{v}");
-        assert!(v["error"].as_str().unwrap().contains(needle), "{v}");
+        let err = ask(input).unwrap_err();
+        assert!(err.contains(needle), "{err}");
     }
     let mut long = vec![b'x'; 70 * 1024];
     long.push(b'\n');
-    let v = ask(&long);
-    assert!(
-        v["error"].as_str().unwrap().contains("longer than 64 KiB"),
-        "{v}"
-    );
+    let err = ask(&long).unwrap_err();
+    assert!(err.contains("longer than 64 KiB"), "{err}");
     // Same connection, still in step.
-    assert_eq!(ask(b"status\n")["ok"], true);
+    assert!(ask(b"status\n").is_ok());
 
     // A client that hangs up mid-line.
     let mut half = UnixStream::connect(&proxy.socket).unwrap();
     half.write_all(b"flip gr").unwrap();
     drop(half);
 
-    assert_eq!(proxy.admin("status")["ok"], true);
+    assert!(proxy.call::<Status>("status").is_ok());
     assert_eq!(get(proxy.addr, "/").unwrap().status, 200);
-    let help = proxy.admin_ok("help");
-    assert!(help["commands"].as_array().unwrap().len() >= 10);
+    let help: HelpReply = proxy.call("help").unwrap();
+    assert!(help.commands.len() >= 10);
 }
 
 #[test]
 fn set_changes_only_idle_slots_unless_forced() {
     let p = pair();
     let proxy = Proxy::start(&config(&p));
-    let v = proxy.admin(&format!("set blue upstreams {}", p.green.addr()));
-    assert_eq!(v["ok"], false);
-    assert!(v["error"].as_str().unwrap().contains("--force"), "{v}");
-    let v = proxy.admin_ok("set green version 9.9.9");
-    assert_eq!(v["version"], "9.9.9");
-    assert_eq!(v["state"], "idle");
+    let err = proxy.admin_err(&format!("set blue upstreams {}", p.green.addr()));
+    assert!(err.contains("--force"), "{err}");
+    let v: SetReply = proxy.call("set green version 9.9.9").unwrap();
+    assert_eq!(v.status.version.as_deref(), Some("9.9.9"));
+    assert_eq!(v.status.state, SlotState::Idle);
     proxy.admin_ok(&format!("set blue upstreams {} --force", p.green.addr()));
     assert_eq!(get(proxy.addr, "/").unwrap().text(), "green 1.1.0\n");
-    let v = proxy.admin("set green static_root /nonexistent/dir");
-    assert!(
-        v["error"].as_str().unwrap().contains("not a directory"),
-        "{v}"
-    );
+    let err = proxy.admin_err("set green static_root /nonexistent/dir");
+    assert!(err.contains("not a directory"), "{err}");
 }
 
 #[test]
@@ -296,15 +292,15 @@ fn ctl_prints_tables_and_exits_0_1_2() {
     );
 
     let out = proxy.ctl(&["--json", "status"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["ok"], true);
+    let status = parse_reply::<Status>(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(status.unwrap().active, SlotName::Blue);
 
     // Green's only member is down: refused, exit 1, the member named.
     let out = proxy.ctl(&["flip", "green"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&dead.to_string()), "{err}");
-    assert_eq!(proxy.admin_ok("status")["active"], "blue");
+    assert_eq!(proxy.status().active, SlotName::Blue);
 
     // --force overrides; the proxy's own 502 carries the slot.
     assert_eq!(
@@ -388,7 +384,7 @@ fn the_admin_socket_is_private_and_a_live_one_is_not_stolen() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(proxy.admin_ok("status")["active"], "blue");
+    assert_eq!(proxy.status().active, SlotName::Blue);
 
     // A stale socket file (no one listening) is replaced.
     let mut proxy = proxy;
@@ -397,5 +393,5 @@ fn the_admin_socket_is_private_and_a_live_one_is_not_stolen() {
     drop(std::os::unix::net::UnixListener::bind(&proxy.socket).unwrap());
     assert!(proxy.socket.exists());
     let proxy = proxy.restart();
-    assert_eq!(proxy.admin_ok("status")["active"], "blue");
+    assert_eq!(proxy.status().active, SlotName::Blue);
 }

@@ -105,6 +105,7 @@ impl Edge {
             green_root: Some(root.path().to_path_buf()),
             server: mode.server(),
             extra: format!("{extra}\n{ROUTES}"),
+            ..ProxyConfig::default()
         });
         Edge {
             proxy,

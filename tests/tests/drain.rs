@@ -5,23 +5,42 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bascule_tests::http::{get, Conn};
+use bascule_admin::{DrainReply, FlipReply, HealthReply, SlotState};
+use bascule_tests::http::{get, Conn, Response};
 use bascule_tests::ws::WsUpstream;
-use bascule_tests::{two_slots, wait_until, Proxy, ProxyConfig, Upstream};
+use bascule_tests::{two_slots, wait_until, Proxy, ProxyConfig, SlotName, Upstream};
 
-fn inflight(proxy: &Proxy, slot: &str) -> u64 {
-    proxy.admin_ok("status")["slots"][slot]["inflight"]
-        .as_u64()
-        .unwrap()
+fn inflight(proxy: &Proxy, slot: SlotName) -> u64 {
+    proxy.status().slots.get(slot).inflight
 }
 
-fn state(proxy: &Proxy, slot: &str) -> String {
-    proxy.admin_ok("status")["slots"][slot]["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
+fn state(proxy: &Proxy, slot: SlotName) -> SlotState {
+    proxy.status().slots.get(slot).state
+}
+
+/// Waits for blue's upstream connection to be back in the pool, which happens just after
+/// the response is written.
+fn wait_blue_pooled(proxy: &Proxy) {
+    assert!(wait_until(Duration::from_secs(5), || proxy
+        .status()
+        .slots
+        .blue
+        .pooled
+        >= 1));
+}
+
+/// A request to blue that its upstream answers after `delay_ms`, once it is in flight.
+fn long_poll_on_blue(proxy: &Proxy, delay_ms: u64) -> JoinHandle<std::io::Result<Response>> {
+    let addr = proxy.addr;
+    let poll = std::thread::spawn(move || get(addr, &format!("/poll?delay_ms={delay_ms}")));
+    assert!(wait_until(Duration::from_secs(5), || inflight(
+        proxy,
+        SlotName::Blue
+    ) == 1));
+    poll
 }
 
 #[test]
@@ -29,47 +48,41 @@ fn a_long_request_keeps_its_slot_draining_then_idle_and_drain_wait_returns() {
     let (_b, _g, proxy) = two_slots("");
     let addr = proxy.addr;
     assert_eq!(get(addr, "/").unwrap().status, 200);
-    assert!(
-        proxy.admin_ok("status")["slots"]["blue"]["pooled"]
-            .as_u64()
-            .unwrap()
-            >= 1
-    );
+    wait_blue_pooled(&proxy);
     let slow = std::thread::spawn(move || get(addr, "/?delay_ms=1500").unwrap());
     assert!(wait_until(Duration::from_secs(5), || inflight(
-        &proxy, "blue"
+        &proxy,
+        SlotName::Blue
     ) == 1));
     proxy.admin_ok("flip green");
-    assert_eq!(state(&proxy, "blue"), "draining");
+    assert_eq!(state(&proxy, SlotName::Blue), SlotState::Draining);
     // Idle upstream connections of the slot that left duty are released.
-    assert_eq!(proxy.admin_ok("status")["slots"]["blue"]["pooled"], 0);
-    let now = proxy.admin_ok("drain blue");
-    assert_eq!(
-        (now["drained"].as_bool(), now["inflight"].as_u64()),
-        (Some(false), Some(1))
-    );
-    let status = proxy.admin_ok("status");
-    assert!(status["slots"]["blue"]["drain_started"].is_string());
+    assert_eq!(proxy.status().slots.blue.pooled, 0);
+    let now: DrainReply = proxy.call("drain blue").unwrap();
+    assert_eq!((now.drained, now.inflight), (false, 1));
+    let drain = proxy.status().slots.blue.drain;
+    assert!(drain.and_then(|d| d.drain_started).is_some());
 
     let started = Instant::now();
-    let waited = proxy.admin_ok("drain blue --wait --timeout 10s");
-    assert_eq!(waited["drained"], true);
-    assert_eq!(waited["inflight"], 0);
+    let waited: DrainReply = proxy.call("drain blue --wait --timeout 10s").unwrap();
+    assert!(waited.drained);
+    assert_eq!(waited.inflight, 0);
     assert!(
         started.elapsed() >= Duration::from_millis(300),
         "returned before the request ended"
     );
     assert_eq!(slow.join().unwrap().text(), "blue 1.0.0\n");
-    assert_eq!(state(&proxy, "blue"), "idle");
-    assert_eq!(proxy.admin_ok("status")["slots"]["blue"]["pooled"], 0);
+    assert_eq!(state(&proxy, SlotName::Blue), SlotState::Idle);
+    assert_eq!(proxy.status().slots.blue.pooled, 0);
 
     // A drain that cannot finish in time says so.
     let slow = std::thread::spawn(move || get(addr, "/?delay_ms=1500").unwrap());
     assert!(wait_until(Duration::from_secs(5), || inflight(
-        &proxy, "green"
+        &proxy,
+        SlotName::Green
     ) == 1));
-    let short = proxy.admin_ok("drain green --wait --timeout 100ms");
-    assert_eq!(short["drained"], false);
+    let short: DrainReply = proxy.call("drain green --wait --timeout 100ms").unwrap();
+    assert!(!short.drained);
     slow.join().unwrap();
 }
 
@@ -85,7 +98,8 @@ fn aborted_requests_leave_inflight_at_zero() {
         })
         .collect();
     assert!(wait_until(Duration::from_secs(5), || inflight(
-        &proxy, "blue"
+        &proxy,
+        SlotName::Blue
     ) == 8));
     // Half hang up while waiting for the upstream, half after sending half a request.
     conns.truncate(4);
@@ -96,11 +110,12 @@ fn aborted_requests_leave_inflight_at_zero() {
         .unwrap();
     drop(partial);
     assert!(
-        wait_until(Duration::from_secs(10), || inflight(&proxy, "blue") == 0),
+        wait_until(Duration::from_secs(10), || inflight(&proxy, SlotName::Blue)
+            == 0),
         "in-flight count leaked: {}",
-        inflight(&proxy, "blue")
+        inflight(&proxy, SlotName::Blue)
     );
-    assert_eq!(inflight(&proxy, "green"), 0);
+    assert_eq!(inflight(&proxy, SlotName::Green), 0);
     assert_eq!(get(proxy.addr, "/").unwrap().status, 200);
 }
 
@@ -123,12 +138,11 @@ fn websocket_is_proxied_counted_and_cut_when_the_drain_times_out() {
     assert_eq!(resp.headers()["x-bascule-slot"], "blue");
     ws.send(tungstenite::Message::text("hello")).unwrap();
     assert_eq!(ws.read().unwrap().into_text().unwrap().as_str(), "hello");
-    let status = proxy.admin_ok("status");
-    assert_eq!(status["slots"]["blue"]["inflight"], 1);
-    assert_eq!(status["slots"]["blue"]["upgraded"], 1);
+    let blue = proxy.status().slots.blue;
+    assert_eq!((blue.inflight, blue.upgraded), (1, 1));
 
     proxy.admin_ok("flip green --force");
-    assert_eq!(state(&proxy, "blue"), "draining");
+    assert_eq!(state(&proxy, SlotName::Blue), SlotState::Draining);
     // The drain times out after 1 s: the client gets a close frame with 1001 (going away).
     let started = Instant::now();
     let close = loop {
@@ -142,15 +156,13 @@ fn websocket_is_proxied_counted_and_cut_when_the_drain_times_out() {
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
     assert_eq!(ws_up.last_close_code(), 1001);
     assert!(wait_until(Duration::from_secs(5), || inflight(
-        &proxy, "blue"
+        &proxy,
+        SlotName::Blue
     ) == 0));
-    let status = proxy.admin_ok("status");
-    assert_eq!(status["slots"]["blue"]["state"], "idle");
-    assert!(
-        status["slots"]["blue"]["cut"].as_u64().unwrap() >= 1,
-        "{status}"
-    );
-    assert_eq!(status["slots"]["blue"]["upgraded"], 0);
+    let blue = proxy.status().slots.blue;
+    assert_eq!(blue.state, SlotState::Idle);
+    assert!(blue.cut >= 1, "{blue:?}");
+    assert_eq!(blue.upgraded, 0);
 }
 
 #[test]
@@ -158,22 +170,21 @@ fn an_unhealthy_slot_refuses_a_flip_unless_forced() {
     let (_b, green, proxy) =
         two_slots("[health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\n");
     green.set_healthy(false);
+    let health = || proxy.call::<HealthReply>("health").unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
-        proxy.admin_ok("health")["upstreams"][1]["healthy"] == false
+        health().upstreams[1].healthy == Some(false)
     }));
-    let v = proxy.admin("flip green");
-    assert_eq!(v["ok"], false);
-    let err = v["error"].as_str().unwrap();
+    let err = proxy.admin_err("flip green");
     assert!(
         err.contains(&green.addr().to_string()) && err.contains("status 503"),
         "{err}"
     );
-    assert_eq!(proxy.admin_ok("status")["active"], "blue");
+    assert_eq!(proxy.status().active, SlotName::Blue);
     let out = proxy.ctl(&["rollback"]);
     assert_eq!(out.status.code(), Some(1));
 
     proxy.admin_ok("flip green --force");
-    assert_eq!(proxy.admin_ok("status")["active"], "green");
+    assert_eq!(proxy.status().active, SlotName::Green);
     // No usable member: 503 from the proxy, tagged green.
     let r = get(proxy.addr, "/").unwrap();
     assert_eq!((r.status, r.slot()), (503, Some("green")));
@@ -183,8 +194,7 @@ fn an_unhealthy_slot_refuses_a_flip_unless_forced() {
         .unwrap()
         .status
         == 200));
-    let health = proxy.admin_ok("health");
-    assert!(health["upstreams"][1]["last_check"].is_string());
+    assert!(health().upstreams[1].last_check.is_some());
 }
 
 #[test]
@@ -220,10 +230,19 @@ fn a_member_killed_under_load_fails_no_get() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(700));
+    // Both members busy, then one dies: the load goes on until the checker has marked it
+    // down and well past that.
+    assert!(wait_until(Duration::from_secs(10), || blue_b.served() > 20
+        && ok.load(Ordering::Relaxed) > 100));
     let before = blue_b.served();
     blue_b.stop();
-    std::thread::sleep(Duration::from_millis(1500));
+    let marked_down = wait_until(Duration::from_secs(10), || {
+        proxy.call::<HealthReply>("health").unwrap().upstreams[1].healthy == Some(false)
+    });
+    let at_mark = ok.load(Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(10), || ok
+        .load(Ordering::Relaxed)
+        > at_mark + 200));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -231,8 +250,7 @@ fn a_member_killed_under_load_fails_no_get() {
     assert!(before > 0, "the second member never took traffic");
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 200);
-    let health = proxy.admin_ok("health");
-    assert_eq!(health["upstreams"][1]["healthy"], false, "{health}");
+    assert!(marked_down, "the dead member was never marked down");
 }
 
 #[test]
@@ -243,7 +261,8 @@ fn sigterm_lets_started_requests_finish() {
         .map(|_| std::thread::spawn(move || get(addr, "/?delay_ms=1000")))
         .collect();
     assert!(wait_until(Duration::from_secs(5), || inflight(
-        &proxy, "blue"
+        &proxy,
+        SlotName::Blue
     ) == 5));
     proxy.signal("TERM");
     for s in slow {
@@ -310,21 +329,85 @@ fn a_long_poll_is_cut_when_the_drain_times_out() {
     let (_b, _g, proxy) = two_slots("[drain]\ntimeout = \"1s\"\n");
     let addr = proxy.addr;
     let started = Instant::now();
-    let poll = std::thread::spawn(move || get(addr, "/poll?delay_ms=8000"));
-    assert!(wait_until(Duration::from_secs(5), || inflight(
-        &proxy, "blue"
-    ) == 1));
+    let poll = long_poll_on_blue(&proxy, 8000);
     proxy.admin_ok("flip green");
     let r = poll.join().unwrap().unwrap();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(6), "not cut: took {took:?}");
     assert_eq!((r.status, r.slot()), (503, Some("blue")));
     assert!(wait_until(Duration::from_secs(5), || inflight(
-        &proxy, "blue"
+        &proxy,
+        SlotName::Blue
     ) == 0));
-    let status = proxy.admin_ok("status");
-    assert_eq!(status["slots"]["blue"]["cut"], 1, "{status}");
-    assert_eq!(status["slots"]["blue"]["state"], "idle");
+    let blue = proxy.status().slots.blue;
+    assert_eq!(blue.cut, 1, "{blue:?}");
+    assert_eq!(blue.state, SlotState::Idle);
     // The new active slot is untouched.
     assert_eq!(get(addr, "/").unwrap().text(), "green 1.1.0\n");
+}
+
+#[test]
+fn a_drain_keeps_its_own_deadline_when_its_slot_comes_back_and_leaves_again() {
+    let (_b, _g, proxy) = two_slots("[drain]\ntimeout = \"3s\"\n");
+    let poll = long_poll_on_blue(&proxy, 15000);
+    // Blue's first drain (deadline in 3 s), ended at once by blue's return...
+    proxy.admin_ok("flip green");
+    proxy.admin_ok("flip blue");
+    // ...then, well within that deadline, a second drain with a deadline of its own.
+    // A time gap is the point here, not a condition to await.
+    std::thread::sleep(Duration::from_millis(1500));
+    let last = Instant::now();
+    proxy.admin_ok("flip green");
+    let r = poll.join().unwrap().unwrap();
+    let took = last.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "cut {took:?} after the last flip: the first drain's deadline was applied to the second"
+    );
+    assert!(took < Duration::from_secs(7), "not cut: took {took:?}");
+    assert_eq!((r.status, r.slot()), (503, Some("blue")));
+}
+
+#[test]
+fn a_flip_whose_state_file_cannot_be_written_is_live_and_keeps_its_drain_deadline() {
+    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
+    let green = Upstream::start("127.0.0.1:0", "green", "1.1.0").unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&ProxyConfig {
+        blue: vec![blue.addr()],
+        green: vec![green.addr()],
+        state: Some(state_dir.path().join("sub/state.json")),
+        extra: "[drain]\ntimeout = \"1s\"\n".into(),
+        ..Default::default()
+    });
+    // The state file's folder is a file: every write fails from now on (even as root).
+    std::fs::write(state_dir.path().join("sub"), "not a folder").unwrap();
+    let addr = proxy.addr;
+    assert_eq!(get(addr, "/").unwrap().status, 200);
+    wait_blue_pooled(&proxy);
+    let started = Instant::now();
+    let poll = long_poll_on_blue(&proxy, 8000);
+
+    let flip: FlipReply = proxy
+        .call("flip green")
+        .expect("a flip that is live is not reported as refused");
+    assert_eq!(flip.active, SlotName::Green);
+    let warning = flip
+        .warning
+        .expect("the reply says the state was not saved");
+    assert!(warning.contains("state file"), "{warning}");
+    // Every side effect of the flip happened: pool released, drain watched and cut on time.
+    assert_eq!(proxy.status().slots.blue.pooled, 0);
+    assert_eq!(get(addr, "/").unwrap().text(), "green 1.1.0\n");
+    let r = poll.join().unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "not cut: took {took:?}");
+    assert_eq!((r.status, r.slot()), (503, Some("blue")));
+    assert!(wait_until(Duration::from_secs(5), || {
+        proxy.status().slots.blue.cut == 1
+    }));
+    // ctl shows the change as done, with the warning.
+    let out = proxy.ctl(&["flip", "blue"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: applied, but not saved"));
 }

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use bascule_tests::http::{get, Conn};
 use bascule_tests::{free_addr, wait_until, Proxy, ProxyConfig, Upstream};
 
+/// Longest time between two refreshes of `bascule_connections_parked`: the idle set sweeps
+/// every second, and a sweep due while it waits for events can come up to a second late.
+const SWEEP_GAP: Duration = Duration::from_millis(2100);
+
 struct Fixture {
     _blue: Upstream,
     _green: Upstream,
@@ -46,12 +50,22 @@ impl Fixture {
             .expect("bascule_connections_parked is exported")
     }
 
-    /// Waits (the gauge is refreshed once a second) until `n` connections are parked.
+    /// Waits until the gauge says `n` in a fresh reading.
+    ///
+    /// The gauge is refreshed by the idle set's sweep, not when it is read, so a reading can be
+    /// as old as one sweep gap and say `n` by chance (the count before the change being
+    /// awaited). A reading is trusted once the gauge has said `n` for longer than the longest
+    /// gap between two sweeps: at least one refresh happened within that streak.
     fn wait_parked(&self, n: i64) {
         let mut seen = -1;
-        let ok = wait_until(Duration::from_secs(10), || {
+        let mut streak: Option<Instant> = None;
+        let ok = wait_until(Duration::from_secs(15), || {
             seen = self.parked();
-            seen == n
+            if seen != n {
+                streak = None;
+                return false;
+            }
+            streak.get_or_insert_with(Instant::now).elapsed() > SWEEP_GAP
         });
         assert!(ok, "expected {n} parked connections, the gauge says {seen}");
     }
@@ -146,7 +160,8 @@ fn parked_connections_close_on_client_fin_without_leaking() {
 
 #[test]
 fn parked_connection_is_closed_at_keepalive_timeout() {
-    let f = start("2s");
+    // Long enough for `wait_parked` to trust a reading before the connection expires.
+    let f = start("5s");
     let mut conn = Conn::connect(f.proxy.addr).unwrap();
     let started = Instant::now();
     assert_eq!(conn.get("/", &[]).unwrap().status, 200);
@@ -157,7 +172,7 @@ fn parked_connection_is_closed_at_keepalive_timeout() {
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(1900),
+        waited >= Duration::from_millis(4900),
         "closed after {waited:?}, before keepalive_timeout"
     );
     f.wait_parked(0);

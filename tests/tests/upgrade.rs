@@ -1,13 +1,15 @@
 //! Binary upgrade: a new process takes the listening sockets over (`serve --upgrade`, then
 //! SIGQUIT to the old one) with no refused connection, and takes the admin socket over.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bascule_admin::Status;
 use bascule_tests::http::get;
-use bascule_tests::{bascule_bin, wait_until, Proxy, ProxyConfig, Upstream};
+use bascule_tests::{bascule_bin, wait_until, Proxy, ProxyConfig, SlotName, Upstream};
 
 struct Kill(Child);
 
@@ -28,7 +30,6 @@ fn upgrade_hands_over_sockets_without_refusing_a_connection() {
         ..Default::default()
     });
     old.admin_ok("flip green");
-    let old_pid = old.pid();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -51,7 +52,7 @@ fn upgrade_hands_over_sockets_without_refusing_a_connection() {
     };
 
     let log = old.dir.path().join("new.log");
-    let new = Kill(
+    let mut new = Kill(
         Command::new(bascule_bin())
             .args(["serve", "--upgrade", "-c"])
             .arg(&old.config)
@@ -61,31 +62,50 @@ fn upgrade_hands_over_sockets_without_refusing_a_connection() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    let new_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The new process waits for the listeners on the upgrade socket; the old one hands them
+    // over on SIGQUIT, so the socket must be there first.
+    let mut upgrade_sock = old.socket.clone().into_os_string();
+    upgrade_sock.push(".upgrade");
+    assert!(
+        wait_until(Duration::from_secs(15), || Path::new(&upgrade_sock)
+            .exists()),
+        "the new process never opened its upgrade socket: {}",
+        new_log()
+    );
     old.signal("QUIT");
 
-    // The new process answers on the admin socket with the state the old one left.
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            std::os::unix::net::UnixStream::connect(&old.socket).is_ok()
-                && old.admin("status")["ok"] == true
-                && old.admin("status")["active"] == "green"
-        }),
-        "new process never served the admin socket: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    // The old process leaves, cleanly.
     assert_eq!(
         old.wait_exit(Duration::from_secs(20)),
         Some(0),
         "old process did not exit"
     );
-    let before = ok.load(Ordering::Relaxed);
-    assert!(wait_until(Duration::from_secs(5), || ok
-        .load(Ordering::Relaxed)
-        > before + 50));
+    // Once it is gone, the new process answers on both sockets, with the state the old one
+    // left, and is still running.
+    let served = ok.load(Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            old.call::<Status>("status")
+                .is_ok_and(|s| s.active == SlotName::Green)
+        }),
+        "new process never served the admin socket: {}",
+        new_log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || ok.load(Ordering::Relaxed)
+            > served + 50),
+        "no request answered after the old process exited"
+    );
+    assert!(
+        matches!(new.0.try_wait(), Ok(None)),
+        "the new process died: {}",
+        new_log()
+    );
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
 
+    // Not one request lost across the handover.
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert!(
         old.socket.exists(),
@@ -93,5 +113,4 @@ fn upgrade_hands_over_sockets_without_refusing_a_connection() {
     );
     let r = get(old.addr, "/").unwrap();
     assert_eq!(r.text(), "green 1.1.0\n");
-    assert_ne!(new.0.id(), old_pid);
 }

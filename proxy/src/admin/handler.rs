@@ -1,24 +1,27 @@
 //! The admin socket: Bascule's [`Handler`] for the admin protocol, served as a Pingora
-//! background service.
+//! background service. It turns commands into [`Control`] calls and the snapshot into the
+//! admin crate's reply types; every change and its side effects (drain watch included) live
+//! in [`Control`].
 
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bascule_admin::{Command, Handler, ReplyFields, SetField, HELP};
+use bascule_admin::{
+    Command, DeployReply, DrainReply, DrainTimes, FlipReply, Handler, HealthReply, HelpReply,
+    MemberHealth, ReloadReply, Reply, SetField, SetReply, SlotState, SlotStatus, Slots, Status,
+    Step, StepDetail, Upstream, Weights, WeightsReply, HELP,
+};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use serde_json::{json, Value};
 
-use crate::control::{Control, FlipOutcome, SlotChange};
+use crate::control::{Applied, Control, ControlError, FlipOutcome};
 use crate::slots::routing::Routing;
 use crate::SlotName;
 
 /// Longest `drain --wait` or `deploy` step when no `--timeout` is given.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
-/// Time upgraded connections get to close after their close frame, before a TCP shutdown.
-const CUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Answers admin commands from the routing snapshot.
 pub struct AdminHandler {
@@ -32,176 +35,158 @@ impl AdminHandler {
     }
 }
 
-fn rfc3339(t: Option<SystemTime>) -> Value {
-    t.map_or(Value::Null, |t| {
-        Value::String(humantime::format_rfc3339_seconds(t).to_string())
-    })
+fn rfc3339(t: Option<SystemTime>) -> Option<String> {
+    t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
 }
 
-fn fields(v: Value) -> ReplyFields {
-    match v {
-        Value::Object(map) => map,
-        other => {
-            let mut m = ReplyFields::new();
-            m.insert("value".into(), other);
-            m
+/// Active, draining or idle.
+fn slot_state(r: &Routing, slot: SlotName) -> SlotState {
+    if r.takes_traffic(slot) {
+        SlotState::Active
+    } else if r.counters.inflight(slot) > 0 {
+        SlotState::Draining
+    } else {
+        SlotState::Idle
+    }
+}
+
+fn slot_status(r: &Routing, slot: SlotName) -> SlotStatus {
+    let s = r.slot(slot);
+    let state = slot_state(r, slot);
+    let drain = (state != SlotState::Active).then(|| {
+        let mark = r.counters.drain_mark(slot);
+        DrainTimes {
+            drain_started: rfc3339(mark.since),
+            drain_seconds: mark.since_instant.map(|i| i.elapsed().as_secs_f64()),
+        }
+    });
+    SlotStatus {
+        state,
+        version: s.version.clone(),
+        inflight: r.counters.inflight(slot),
+        served: r.counters.served(slot),
+        cut: r.counters.cut(slot),
+        upgraded: r.counters.upgraded.count(slot) as u64,
+        pooled: s.pool.members().iter().map(|m| m.idle.len() as u64).sum(),
+        static_root: s.static_root.clone(),
+        upstreams: s
+            .pool
+            .members()
+            .iter()
+            .map(|m| Upstream {
+                address: m.address.clone(),
+                healthy: m.health.healthy(),
+            })
+            .collect(),
+        drain,
+    }
+}
+
+fn status(r: &Routing) -> Status {
+    Status {
+        active: r.active,
+        previous: r.previous,
+        last_switch: rfc3339(r.last_switch),
+        generation: r.generation,
+        weights: r.weights.map(|[blue, green]| Weights { blue, green }),
+        slots: Slots {
+            blue: slot_status(r, SlotName::Blue),
+            green: slot_status(r, SlotName::Green),
+        },
+    }
+}
+
+fn health(r: &Routing) -> HealthReply {
+    let mut upstreams = Vec::new();
+    for slot in SlotName::ALL {
+        for m in r.slot(slot).pool.members() {
+            let last = m.health.last();
+            upstreams.push(MemberHealth {
+                slot,
+                address: m.address.clone(),
+                healthy: m.health.healthy(),
+                last_check: rfc3339(last.at),
+                last_error: last.error,
+            });
         }
     }
+    HealthReply { upstreams }
 }
 
-/// `active`, `draining` or `idle`.
-pub fn slot_state(r: &Routing, slot: SlotName) -> &'static str {
-    if r.takes_traffic(slot) {
-        "active"
-    } else if r.counters.inflight(slot) > 0 {
-        "draining"
-    } else {
-        "idle"
+fn flip_reply(o: FlipOutcome, warning: Option<String>) -> FlipReply {
+    FlipReply {
+        active: o.active,
+        previous: o.previous,
+        generation: o.generation,
+        changed: o.changed,
+        warning,
     }
 }
 
-fn slot_json(r: &Routing, slot: SlotName) -> Value {
-    let s = r.slot(slot);
-    let upstreams: Vec<Value> = s
-        .pool
-        .members()
-        .iter()
-        .map(|m| json!({"address": m.address, "healthy": m.health.healthy()}))
-        .collect();
-    let state = slot_state(r, slot);
-    let mark = r.counters.drain_mark(slot);
-    let mut v = json!({
-        "state": state,
-        "version": s.version,
-        "inflight": r.counters.inflight(slot),
-        "served": r.counters.served(slot),
-        "cut": r.counters.cut(slot),
-        "upgraded": r.counters.upgraded.count(slot),
-        "pooled": s.pool.members().iter().map(|m| m.idle.len()).sum::<usize>(),
-        "static_root": s.static_root,
-        "upstreams": upstreams,
-    });
-    if state != "active" {
-        v["drain_started"] = rfc3339(mark.since);
-        v["drain_seconds"] = mark
-            .since_instant
-            .map_or(Value::Null, |i| json!(i.elapsed().as_secs_f64()));
+/// A change's outcome with the warning to show when it went live without being saved; any
+/// other error is the refusal's message.
+fn live<T>(
+    result: Result<T, ControlError>,
+    take: impl FnOnce(Applied) -> Option<T>,
+) -> Result<(T, Option<String>), String> {
+    match result {
+        Ok(v) => Ok((v, None)),
+        Err(e) => e
+            .applied(take)
+            .map(|(v, w)| (v, Some(w)))
+            .map_err(|e| e.to_string()),
     }
-    v
 }
 
-fn status_json(r: &Routing) -> Value {
-    json!({
-        "active": r.active,
-        "previous": r.previous,
-        "last_switch": rfc3339(r.last_switch),
-        "generation": r.generation,
-        "weights": r.weights.map(|[b, g]| json!({"blue": b, "green": g})),
-        "slots": {
-            "blue": slot_json(r, SlotName::Blue),
-            "green": slot_json(r, SlotName::Green),
-        },
-    })
+fn flip_of(a: Applied) -> Option<FlipOutcome> {
+    match a {
+        Applied::Flip(o) => Some(o),
+        _ => None,
+    }
 }
 
-fn flip_json(o: &FlipOutcome) -> Value {
-    json!({
-        "active": o.active,
-        "previous": o.previous,
-        "generation": o.generation,
-        "changed": o.changed,
-    })
+fn routing_of(a: Applied) -> Option<Arc<Routing>> {
+    match a {
+        Applied::Routing(r) => Some(r),
+        _ => None,
+    }
 }
 
 impl AdminHandler {
-    /// After a flip away from `from`: waits for it to drain and records how long it took. When
-    /// `timeout` runs out first (and `from` has not become active again), its upgraded
-    /// connections are asked to close (WebSocket close 1001), then shut down after a grace
-    /// period; how many were cut is counted and logged.
-    fn watch_drain(&self, from: SlotName, timeout: Duration) {
-        let control = self.control.clone();
-        tokio::spawn(async move {
-            let counters = control.load().counters.clone();
-            let started = std::time::Instant::now();
-            if counters.wait_drained(from, timeout).await {
-                control
-                    .metrics()
-                    .drain_duration
-                    .observe(started.elapsed().as_secs_f64());
-                tracing::info!(slot = %from, seconds = started.elapsed().as_secs_f64(), "slot drained");
-                return;
-            }
-            if slot_state(&control.load(), from) != "draining" {
-                return;
-            }
-            let asked = counters.upgraded.close_all(from);
-            let long = counters.exchanges.shutdown_all(from);
-            counters.add_cut(from, (asked + long) as u64);
-            let drained = counters.wait_drained(from, CUT_GRACE).await;
-            let forced = if drained {
-                0
-            } else {
-                counters.upgraded.shutdown_all(from)
-            };
-            tracing::warn!(
-                slot = %from,
-                upgraded_closed = asked,
-                requests_cut = long,
-                shut_down = forced,
-                still_inflight = counters.inflight(from),
-                "drain timed out; upgraded connections cut"
-            );
-        });
-    }
-
-    /// The reply to a flip or rollback; starts watching the drain of the slot it left.
-    fn flipped(&self, outcome: FlipOutcome, drain_timeout: Option<Duration>) -> Value {
-        if let Some(left) = outcome
-            .previous
-            .filter(|&p| outcome.changed && p != outcome.active)
-        {
-            let timeout = drain_timeout.unwrap_or(self.control.config().drain.timeout);
-            self.watch_drain(left, timeout);
-        }
-        flip_json(&outcome)
-    }
-
     async fn deploy(
         &self,
         slot: SlotName,
         upstreams: Vec<String>,
         version: Option<String>,
         timeout: Option<Duration>,
-    ) -> Result<Value, String> {
+    ) -> Result<DeployReply, String> {
         let timeout = timeout.unwrap_or(DEFAULT_WAIT);
-        let steps = Arc::new(Mutex::new(Vec::<Value>::new()));
-        let step = |name: &str, ok: bool, detail: Value| {
-            steps
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(json!({"step": name, "ok": ok, "detail": detail}));
+        let steps = Mutex::new(Vec::<Step>::new());
+        let step = |name: &str, ok: bool, detail: StepDetail| {
+            steps.lock().unwrap_or_else(|p| p.into_inner()).push(Step {
+                step: name.into(),
+                ok,
+                detail,
+            });
         };
-        let fail = |msg: String| -> Result<Value, String> {
-            let done = steps.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            Err(format!("{msg}; steps done: {}", Value::Array(done)))
+        let fail = |msg: String| -> Result<DeployReply, String> {
+            let done = steps.lock().unwrap_or_else(|p| p.into_inner());
+            let done = serde_json::to_string(&*done).unwrap_or_default();
+            Err(format!("{msg}; steps done: {done}"))
         };
-        if let Err(e) = self
-            .control
-            .set(slot, SlotChange::Upstreams(upstreams.clone()), false)
-            .await
-        {
+        let set = |field| self.control.set(slot, field, false);
+        if let Err(e) = live(
+            set(SetField::Upstreams(upstreams.clone())).await,
+            routing_of,
+        ) {
             return fail(format!("set upstreams: {e}"));
         }
-        step("set upstreams", true, json!(upstreams));
+        step("set upstreams", true, StepDetail::Upstreams(upstreams));
         if let Some(v) = version {
-            if let Err(e) = self
-                .control
-                .set(slot, SlotChange::Version(v.clone()), false)
-                .await
-            {
+            if let Err(e) = live(set(SetField::Version(v.clone())).await, routing_of) {
                 return fail(format!("set version: {e}"));
             }
-            step("set version", true, json!(v));
+            step("set version", true, StepDetail::Version(v));
         }
         if !self.control.wait_healthy(slot, timeout).await {
             let why = self.control.refusal(slot).await.unwrap_or_default();
@@ -210,57 +195,68 @@ impl AdminHandler {
                 humantime::format_duration(timeout)
             ));
         }
-        step("healthy", true, Value::Null);
+        step("healthy", true, StepDetail::None);
         let from = self.control.load().active;
-        let outcome = match self.control.flip(slot, false).await {
+        // The flip starts its drain watch: the drain timeout applies to a deploy too.
+        let (outcome, warning) = match live(self.control.flip(slot, false, None).await, flip_of) {
             Ok(o) => o,
             Err(e) => return fail(format!("flip: {e}")),
         };
-        // Same drain watch as a plain flip: the drain timeout applies to a deploy too.
-        step("flip", true, self.flipped(outcome.clone(), None));
-        let drained = from == slot
-            || self
-                .control
-                .load()
-                .counters
-                .wait_drained(from, timeout)
-                .await;
+        step(
+            "flip",
+            true,
+            StepDetail::Flip(flip_reply(outcome.clone(), warning)),
+        );
+        let counters = self.control.load().counters.clone();
+        let drained = from == slot || counters.wait_drained(from, timeout).await;
+        let inflight = counters.inflight(from);
         step(
             "drain",
             drained,
-            json!({"slot": from, "inflight": self.control.load().counters.inflight(from)}),
+            StepDetail::Drain {
+                slot: from,
+                inflight,
+            },
         );
-        let done = steps.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(
-            json!({"active": outcome.active, "previous": outcome.previous, "generation": outcome.generation, "drained": drained, "steps": done}),
-        )
+        Ok(DeployReply {
+            active: outcome.active,
+            previous: outcome.previous,
+            generation: outcome.generation,
+            drained,
+            steps: steps.into_inner().unwrap_or_else(|p| p.into_inner()),
+        })
     }
 }
 
 #[async_trait]
 impl Handler for AdminHandler {
-    async fn handle(&self, cmd: Command) -> Result<ReplyFields, String> {
+    async fn handle(&self, cmd: Command) -> Result<Reply, String> {
         let c = &self.control;
-        let value = match cmd {
-            Command::Status => status_json(&c.load()),
-            Command::Help => json!({"commands": HELP}),
+        let reply = match cmd {
+            Command::Status => Reply::Status(status(&c.load())),
+            Command::Help => Reply::Help(HelpReply {
+                commands: HELP.iter().map(|h| h.to_string()).collect(),
+            }),
             Command::Flip {
                 slot,
                 force,
                 drain_timeout,
-            } => self.flipped(c.flip(slot, force).await?, drain_timeout),
-            Command::Rollback { force } => self.flipped(c.rollback(force).await?, None),
+            } => {
+                let (o, warning) = live(c.flip(slot, force, drain_timeout).await, flip_of)?;
+                Reply::Flip(flip_reply(o, warning))
+            }
+            Command::Rollback { force } => {
+                let (o, warning) = live(c.rollback(force).await, flip_of)?;
+                Reply::Flip(flip_reply(o, warning))
+            }
             Command::Set { slot, field, force } => {
-                let change = match field {
-                    SetField::Upstreams(a) => SlotChange::Upstreams(a),
-                    SetField::Version(v) => SlotChange::Version(v),
-                    SetField::StaticRoot(d) => SlotChange::StaticRoot(d),
-                };
-                let r = c.set(slot, change, force).await?;
-                let mut v = slot_json(&r, slot);
-                v["slot"] = json!(slot);
-                v["generation"] = json!(r.generation);
-                v
+                let (r, warning) = live(c.set(slot, field, force).await, routing_of)?;
+                Reply::Set(SetReply {
+                    slot,
+                    generation: r.generation,
+                    status: slot_status(&r, slot),
+                    warning,
+                })
             }
             Command::Drain {
                 slot,
@@ -275,41 +271,38 @@ impl Handler for AdminHandler {
                 } else {
                     counters.inflight(slot) == 0
                 };
-                json!({"slot": slot, "inflight": counters.inflight(slot), "drained": drained, "state": slot_state(&c.load(), slot)})
+                Reply::Drain(DrainReply {
+                    slot,
+                    inflight: counters.inflight(slot),
+                    drained,
+                    state: slot_state(&c.load(), slot),
+                })
             }
-            Command::Health => {
-                let r = c.load();
-                let mut list = Vec::new();
-                for slot in SlotName::ALL {
-                    for m in r.slot(slot).pool.members() {
-                        let last = m.health.last();
-                        list.push(json!({
-                            "slot": slot,
-                            "address": m.address,
-                            "healthy": m.health.healthy(),
-                            "last_check": rfc3339(last.at),
-                            "last_error": last.error,
-                        }));
-                    }
-                }
-                json!({"upstreams": list})
-            }
+            Command::Health => Reply::Health(health(&c.load())),
             Command::Weights { blue, green } => {
-                let r = c.weights(blue, green).await?;
-                json!({"weights": {"blue": blue, "green": green}, "generation": r.generation})
+                let (r, warning) = live(c.weights(blue, green).await, routing_of)?;
+                Reply::Weights(WeightsReply {
+                    weights: Weights { blue, green },
+                    generation: r.generation,
+                    warning,
+                })
             }
             Command::Deploy {
                 slot,
                 upstreams,
                 version,
                 timeout,
-            } => self.deploy(slot, upstreams, version, timeout).await?,
+            } => Reply::Deploy(self.deploy(slot, upstreams, version, timeout).await?),
             Command::Reload => {
-                let changes = c.reload().await?;
-                json!({"changed": changes})
+                let take = |a| match a {
+                    Applied::Reload(changes) => Some(changes),
+                    _ => None,
+                };
+                let (changed, warning) = live(c.reload().await, take)?;
+                Reply::Reload(ReloadReply { changed, warning })
             }
         };
-        Ok(fields(value))
+        Ok(reply)
     }
 }
 

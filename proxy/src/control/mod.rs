@@ -4,25 +4,33 @@
 //! [`Control`]: each change takes the write lock, builds a new snapshot from the current one,
 //! stores it with one pointer swap, then writes the state file. Requests that loaded the old
 //! snapshot keep it until they end; the next request sees the new one.
+//!
+//! A change that went live stays live, with all its side effects, even when the state file
+//! cannot be written: the caller gets [`ControlError::NotPersisted`] carrying the outcome, and
+//! says so to the user instead of pretending the change failed.
 
+mod drain_watch;
+mod error;
 pub mod health_check;
 pub mod state;
 
+pub use error::{Applied, ControlError};
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use bascule_config::{Config, HealthConfig, RouteTarget};
+use bascule_admin::SetField;
+use bascule_config::{Config, HealthConfig};
 
 use crate::slots::counters::SlotCounters;
-
 use crate::slots::metrics::Metrics;
 use crate::slots::routing::{Pool, Routing, Slot};
 use crate::SlotName;
-use state::{PersistedSlot, PersistedState};
+use error::saved;
+use state::{PersistedSlot, PersistedState, StateError};
 
 /// What a flip or rollback did.
 #[derive(Debug, Clone)]
@@ -35,17 +43,6 @@ pub struct FlipOutcome {
     pub generation: u64,
     /// False when the slot was already active.
     pub changed: bool,
-}
-
-/// A part of a slot to replace.
-#[derive(Debug, Clone)]
-pub enum SlotChange {
-    /// New upstream members.
-    Upstreams(Vec<String>),
-    /// New version label.
-    Version(String),
-    /// New static root.
-    StaticRoot(PathBuf),
 }
 
 /// Owner of the routing snapshot.
@@ -63,12 +60,12 @@ impl Control {
     pub fn new(
         config: Config,
         metrics: Arc<Metrics>,
-    ) -> Result<(Arc<Control>, Option<String>), String> {
+    ) -> Result<(Arc<Control>, Option<StateError>), ControlError> {
         let (persisted, warning) = match &config.state_path {
             None => (None, None),
             Some(path) => match state::load(path) {
                 Ok(s) => (s, None),
-                Err(e) => (None, Some(e.to_string())),
+                Err(e) => (None, Some(e)),
             },
         };
         let counters = SlotCounters::new();
@@ -82,7 +79,7 @@ impl Control {
             };
             let known: Vec<&Pool> = slots.iter().map(|s: &Arc<Slot>| &s.pool).collect();
             let slot = Slot::build(name, upstreams, version, root, &config.upstream, &known)
-                .map_err(|e| format!("slots.{name}.upstreams: {e}"))?;
+                .map_err(|source| ControlError::Pool { slot: name, source })?;
             slots.push(Arc::new(slot));
         }
         let green = slots.pop().expect("two slots");
@@ -138,17 +135,20 @@ impl Control {
         &self.metrics
     }
 
-    /// Stores `next` (with the generation bumped) and persists it. Caller holds the write lock.
-    fn publish(&self, mut next: Routing) -> Result<Arc<Routing>, String> {
-        next.generation = self.routing.load().generation + 1;
+    /// Stores `next` and persists it; the change is live whatever the state file says, so a
+    /// failed write is returned beside it, not instead of it. Caller holds the write lock.
+    fn publish(&self, next: Routing) -> (Arc<Routing>, Option<StateError>) {
         let next = Arc::new(next);
         self.routing.store(next.clone());
         self.metrics.set_active(next.active);
-        self.persist(&next)?;
-        Ok(next)
+        let unsaved = self.persist(&next).err();
+        if let Some(e) = &unsaved {
+            tracing::error!(error = %e, "state not saved");
+        }
+        (next, unsaved)
     }
 
-    fn persist(&self, r: &Routing) -> Result<(), String> {
+    fn persist(&self, r: &Routing) -> Result<(), StateError> {
         let config = self.config.load();
         let Some(path) = &config.state_path else {
             return Ok(());
@@ -175,17 +175,13 @@ impl Control {
             weights: r.weights,
             slots,
         };
-        state::save(path, &persisted).map_err(|e| {
-            tracing::error!(error = %e, "state not saved");
-            // The change is live; say so rather than pretend it failed.
-            format!("applied, but {e}")
-        })
+        state::save(path, &persisted)
     }
 
-    /// A copy of `r` with new scalar parts and the same slots.
+    /// The next snapshot after `r`: the generation bumped, the same parts.
     fn derive(r: &Routing) -> Routing {
         Routing {
-            generation: r.generation,
+            generation: r.generation + 1,
             active: r.active,
             previous: r.previous,
             last_switch: r.last_switch,
@@ -197,50 +193,17 @@ impl Control {
         }
     }
 
-    /// Why `slot` may not take traffic, if it may not: no upstream, or none healthy.
-    ///
-    /// Members never checked are probed now, so a flip right after `set` is judged on facts.
-    pub async fn refusal(&self, slot: SlotName) -> Option<String> {
-        let routing = self.load();
-        let s = routing.slot(slot);
-        let needs_upstream = routing.routes.is_empty()
-            || routing.routes.iter().any(|r| r.to == RouteTarget::Upstream);
-        if !needs_upstream {
-            return None;
-        }
-        if s.pool.members().is_empty() {
-            return Some(format!(
-                "{slot} has no upstreams; `set {slot} upstreams ADDR` first, or add --force"
-            ));
-        }
-        self.check_slot(&routing, slot, true).await;
-        if s.pool.any_healthy() {
-            return None;
-        }
-        let failing: Vec<String> = s
-            .pool
-            .members()
-            .iter()
-            .map(|m| {
-                let why = m
-                    .health
-                    .last()
-                    .error
-                    .unwrap_or_else(|| "not healthy yet".into());
-                format!("{} ({why})", m.address)
-            })
-            .collect();
-        Some(format!(
-            "{slot} has no healthy upstream: {}; add --force to flip anyway",
-            failing.join(", ")
-        ))
-    }
-
-    /// Sends new requests to `slot`; the slot left starts draining.
-    pub async fn flip(&self, slot: SlotName, force: bool) -> Result<FlipOutcome, String> {
+    /// Sends new requests to `slot`; the slot left starts draining, watched until it has
+    /// drained or `drain_timeout` (default: `[drain] timeout`) cuts what is left.
+    pub async fn flip(
+        &self,
+        slot: SlotName,
+        force: bool,
+        drain_timeout: Option<Duration>,
+    ) -> Result<FlipOutcome, ControlError> {
         if !force {
             if let Some(why) = self.refusal(slot).await {
-                return Err(why);
+                return Err(ControlError::Refused(why));
             }
         }
         let _w = self.write.lock().await;
@@ -260,92 +223,117 @@ impl Control {
         if from != slot {
             next.previous = Some(from);
             next.last_switch = Some(SystemTime::now());
-            current.counters.mark_switch(from, slot);
+            current.counters.mark_switch(from, slot, next.generation);
         }
-        let published = self.publish(next)?;
+        let (published, unsaved) = self.publish(next);
+        // Everything below happens whether or not the state file was written: the flip is
+        // live, and a drain without its watcher would have no deadline.
         self.metrics.flips.inc();
         if from != slot {
-            // Idle pooled connections of the slot that left duty are released at once; members
-            // the new active slot shares keep theirs.
-            let keep = published.slot(slot).pool.addresses();
-            for m in published.slot(from).pool.members() {
-                if !keep.contains(&m.address) {
-                    m.idle.clear();
-                }
-            }
+            self.release_idle(&published, from, slot);
+            let timeout = drain_timeout.unwrap_or(self.config.load().drain.timeout);
+            drain_watch::spawn(
+                published.counters.clone(),
+                self.metrics.clone(),
+                from,
+                published.generation,
+                timeout,
+            );
         }
         tracing::info!(slot = %slot, from = %from, generation = published.generation, "flipped");
-        Ok(FlipOutcome {
+        let outcome = FlipOutcome {
             active: slot,
             previous: published.previous,
             generation: published.generation,
             changed: true,
-        })
+        };
+        saved(outcome, unsaved, Applied::Flip)
+    }
+
+    /// Releases at once the idle pooled connections of `from`, the slot that left duty;
+    /// members that `to` shares keep theirs.
+    fn release_idle(&self, r: &Routing, from: SlotName, to: SlotName) {
+        let keep = r.slot(to).pool.addresses();
+        for m in r.slot(from).pool.members() {
+            if !keep.contains(&m.address) {
+                m.idle.clear();
+            }
+        }
     }
 
     /// Flips back to the previous slot.
-    pub async fn rollback(&self, force: bool) -> Result<FlipOutcome, String> {
+    pub async fn rollback(&self, force: bool) -> Result<FlipOutcome, ControlError> {
         let Some(previous) = self.load().previous else {
-            return Err("nothing to roll back to: there has been no flip".into());
+            return Err(ControlError::Refused(
+                "nothing to roll back to: there has been no flip".into(),
+            ));
         };
-        self.flip(previous, force).await
+        self.flip(previous, force, None).await
     }
 
     /// Replaces one part of `slot`. The active slot is changed only with `force`.
     pub async fn set(
         &self,
         slot: SlotName,
-        change: SlotChange,
+        change: SetField,
         force: bool,
-    ) -> Result<Arc<Routing>, String> {
+    ) -> Result<Arc<Routing>, ControlError> {
         let _w = self.write.lock().await;
         let current = self.routing.load_full();
         if current.takes_traffic(slot) && !force {
-            return Err(format!(
+            return Err(ControlError::Refused(format!(
                 "{slot} takes traffic; change the idle slot, or add --force"
-            ));
+            )));
         }
         let old = current.slot(slot);
         let new_slot = match change {
-            SlotChange::Upstreams(addrs) => {
+            SetField::Upstreams(addrs) => {
                 let config = self.config.load();
                 let known = [&current.slots[0].pool, &current.slots[1].pool];
-                let pool = Pool::build(&addrs, &config.upstream, &known)?;
+                let pool = Pool::build(&addrs, &config.upstream, &known)
+                    .map_err(|source| ControlError::Pool { slot, source })?;
                 old.with(Some(pool), None, None)
             }
-            SlotChange::Version(v) => old.with(None, Some(Some(v)), None),
-            SlotChange::StaticRoot(dir) => {
+            SetField::Version(v) => old.with(None, Some(Some(v)), None),
+            SetField::StaticRoot(dir) => {
                 if !dir.is_dir() {
-                    return Err(format!("{}: not a directory", dir.display()));
+                    return Err(ControlError::Invalid(format!(
+                        "{}: not a directory",
+                        dir.display()
+                    )));
                 }
                 old.with(None, None, Some(Some(dir)))
             }
         };
         let mut next = Self::derive(&current);
         next.slots[slot.index()] = Arc::new(new_slot);
-        self.publish(next)
+        let (published, unsaved) = self.publish(next);
+        saved(published, unsaved, Applied::Routing)
     }
 
     /// Splits new requests `blue:green`.
-    pub async fn weights(&self, blue: u32, green: u32) -> Result<Arc<Routing>, String> {
+    pub async fn weights(&self, blue: u32, green: u32) -> Result<Arc<Routing>, ControlError> {
         let _w = self.write.lock().await;
         let current = self.routing.load_full();
         let mut next = Self::derive(&current);
         next.weights = Some([blue, green]);
-        self.publish(next)
+        let (published, unsaved) = self.publish(next);
+        saved(published, unsaved, Applied::Routing)
     }
 
     /// Re-reads the config file and applies it whole, or not at all.
     ///
     /// Slot parts take the file's value only where the file changed them since it was last
     /// read: runtime `set`s survive a reload that does not touch them.
-    pub async fn reload(&self) -> Result<Vec<String>, String> {
+    pub async fn reload(&self) -> Result<Vec<String>, ControlError> {
         let _w = self.write.lock().await;
         let old = self.config.load_full();
         let Some(path) = old.source.clone() else {
-            return Err("this proxy was started without a config file; nothing to reload".into());
+            return Err(ControlError::Refused(
+                "this proxy was started without a config file; nothing to reload".into(),
+            ));
         };
-        let new = bascule_config::load(&path).map_err(|e| e.to_string())?;
+        let new = bascule_config::load(&path)?;
         let mut changes = Vec::new();
         for (what, changed) in [
             ("listen", old.listen != new.listen),
@@ -369,7 +357,7 @@ impl Control {
                 let known = [&current.slots[0].pool, &current.slots[1].pool];
                 Some(
                     Pool::build(&n.upstreams, &new.upstream, &known)
-                        .map_err(|e| format!("slots.{name}.upstreams: {e}"))?,
+                        .map_err(|source| ControlError::Pool { slot: name, source })?,
                 )
             } else {
                 None
@@ -402,59 +390,8 @@ impl Control {
             }
         }
         self.config.store(Arc::new(new));
-        self.publish(next)?;
+        let (_, unsaved) = self.publish(next);
         tracing::info!(changes = ?changes, "config reloaded");
-        Ok(changes)
-    }
-
-    /// Checks every member of the current snapshot once.
-    pub async fn check_all(&self) {
-        let routing = self.load();
-        for slot in SlotName::ALL {
-            self.check_slot(&routing, slot, false).await;
-        }
-    }
-
-    /// Checks the members of `slot` (only the unchecked ones when `unchecked_only`).
-    async fn check_slot(&self, routing: &Routing, slot: SlotName, unchecked_only: bool) {
-        let cfg = self.health_config();
-        let mut tasks = Vec::new();
-        for m in routing.slot(slot).pool.members() {
-            if unchecked_only && !m.health.is_unchecked() {
-                continue;
-            }
-            let (addr, host, path, timeout) =
-                (m.socket, m.address.clone(), cfg.path.clone(), cfg.timeout);
-            let health = m.health.clone();
-            let cfg = cfg.clone();
-            tasks.push(tokio::spawn(async move {
-                let result = health_check::probe(addr, &host, &path, timeout).await;
-                if let Err(e) = &result {
-                    if health.usable() {
-                        tracing::warn!(upstream.addr = %host, error = %e, "health check failed");
-                    }
-                }
-                health.record(result, &cfg);
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-
-    /// Waits until `slot` has a healthy member, checking it every 100 ms, up to `timeout`.
-    pub async fn wait_healthy(&self, slot: SlotName, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let routing = self.load();
-            self.check_slot(&routing, slot, false).await;
-            if routing.slot(slot).pool.any_healthy() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        saved(changes, unsaved, Applied::Reload)
     }
 }

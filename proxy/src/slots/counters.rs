@@ -20,9 +20,12 @@ pub struct SlotCounter {
     cut: AtomicU64,
 }
 
-/// Drain bookkeeping of one slot: when it left active duty.
+/// Drain bookkeeping of one slot: when it left active duty, and by which change.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DrainMark {
+    /// Generation of the snapshot that took the slot off duty: names this drain, so that a
+    /// watcher of an earlier drain of the same slot can tell it is no longer in charge.
+    pub generation: u64,
     /// When the slot stopped taking new requests (wall clock, for status).
     pub since: Option<SystemTime>,
     /// The same instant on the monotonic clock, for durations.
@@ -80,10 +83,12 @@ impl SlotCounters {
         self.slots[slot.index()].cut.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Marks `slot` as having left active duty now, and `to` as having taken it.
-    pub fn mark_switch(&self, from: SlotName, to: SlotName) {
+    /// Marks `from` as having left active duty now, by the change that made snapshot
+    /// `generation`, and `to` as having taken it.
+    pub fn mark_switch(&self, from: SlotName, to: SlotName, generation: u64) {
         let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
         marks[from.index()] = DrainMark {
+            generation,
             since: Some(SystemTime::now()),
             since_instant: Some(Instant::now()),
         };

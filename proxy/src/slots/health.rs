@@ -65,8 +65,8 @@ impl MemberHealth {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Records one check result and applies the thresholds.
-    pub fn record(&self, result: Result<(), String>, cfg: &HealthConfig) {
+    /// Records one check result and applies the thresholds; a failure is kept as its message.
+    pub fn record<E: std::fmt::Display>(&self, result: Result<(), E>, cfg: &HealthConfig) {
         let state = self.state.load(Ordering::Relaxed);
         match &result {
             Ok(()) => {
@@ -86,7 +86,7 @@ impl MemberHealth {
         }
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = LastCheck {
             at: Some(SystemTime::now()),
-            error: result.err(),
+            error: result.err().map(|e| e.to_string()),
         };
     }
 }

@@ -114,7 +114,7 @@ impl Slot {
         static_root: Option<PathBuf>,
         opts: &UpstreamConfig,
         known: &[&Pool],
-    ) -> Result<Slot, String> {
+    ) -> Result<Slot, PoolError> {
         Ok(Slot {
             name,
             version,
@@ -137,6 +137,22 @@ impl Slot {
             static_root: static_root.unwrap_or_else(|| self.static_root.clone()),
         }
     }
+}
+
+/// Why a pool could not be built from its addresses.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The name did not resolve.
+    #[error("{address}: cannot resolve: {source}")]
+    Resolve {
+        /// The address as given.
+        address: String,
+        /// What the resolver said.
+        source: std::io::Error,
+    },
+    /// The name resolved to nothing.
+    #[error("{0}: resolves to no address")]
+    NoAddress(String),
 }
 
 /// The upstream members of one slot, picked round-robin among the healthy ones.
@@ -176,14 +192,17 @@ impl Pool {
         upstreams: &[String],
         opts: &UpstreamConfig,
         known: &[&Pool],
-    ) -> Result<Pool, String> {
+    ) -> Result<Pool, PoolError> {
         let mut members = Vec::with_capacity(upstreams.len());
         for address in upstreams {
             let socket = address
                 .to_socket_addrs()
-                .map_err(|e| format!("{address}: cannot resolve: {e}"))?
+                .map_err(|source| PoolError::Resolve {
+                    address: address.clone(),
+                    source,
+                })?
                 .next()
-                .ok_or_else(|| format!("{address}: resolves to no address"))?;
+                .ok_or_else(|| PoolError::NoAddress(address.clone()))?;
             let mut peer = HttpPeer::new(socket, false, String::new());
             peer.options.connection_timeout = Some(opts.connect_timeout);
             peer.options.read_timeout = Some(opts.read_timeout);

@@ -1,22 +1,27 @@
 //! Static files, the nginx `location /assets/` block done right.
 //!
 //! - Content-hashed names (`app-3f9a1c2b.js`, `app.3f9a1c2b.js`) are immutable: served with
-//!   `Cache-Control: public, max-age=31536000, immutable`, kept in memory (when small) with
-//!   their headers and precompressed siblings prepared once, and looked up in the other slot's
-//!   root when missing from the serving one, so pages loaded before a flip keep working.
+//!   `Cache-Control: public, max-age=31536000, immutable`, kept in memory (when small, least
+//!   recently used out first) with their headers and precompressed siblings prepared once, and
+//!   looked up in the other slot's root when missing from the serving one, so pages loaded
+//!   before a flip keep working.
 //! - Everything else is `no-cache` and re-checked on every request, so a deploy that replaces
 //!   `index.html` is seen at once.
 //! - Paths are resolved by [`resolve`], which never yields a path outside the root.
+//!
+//! A hashed asset in memory is answered on the request's own thread. Anything that touches the
+//! disk (metadata, symlink checks, opening, filling the cache) runs on Tokio's blocking pool,
+//! and bodies are read from disk in chunks there too: a slow disk stalls a blocking thread,
+//! never a runtime thread with thousands of connections on it.
 
-use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bascule_config::{Route, StaticConfig};
 use bytes::Bytes;
-use http::header;
+use http::{header, HeaderValue};
 use pingora::proxy::Session;
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -33,10 +38,12 @@ const CACHE_BUDGET: usize = 64 * 1024 * 1024;
 /// Chunk size when streaming a large file.
 const CHUNK: usize = 64 * 1024;
 
+mod cache;
 mod path;
 mod response;
 mod variant;
 
+use cache::{AssetCache, Cached};
 pub use path::{is_hashed, resolve, PathError};
 use response::Body;
 pub use response::StaticResponse;
@@ -49,20 +56,81 @@ struct Rep {
     encoding: Encoding,
 }
 
-/// A hashed asset kept in memory: every representation with its header prepared.
-struct Cached {
-    /// Headers and bodies, identity first, then by preference.
-    reps: Vec<(Encoding, ResponseHeader, Bytes)>,
-    etag_identity: String,
-    last_modified: String,
-}
-
 /// The static file server of one proxy.
 pub struct StaticFiles {
     max_file: u64,
     hash_min_len: usize,
-    cache: RwLock<HashMap<PathBuf, Arc<Cached>>>,
-    cached_bytes: std::sync::atomic::AtomicUsize,
+    cache: Arc<Mutex<AssetCache>>,
+}
+
+/// What of a request decides its static response, owned so that it can go to the blocking
+/// pool with the lookup.
+#[derive(Debug, Clone, Default)]
+struct Conditions {
+    if_none_match: Option<HeaderValue>,
+    if_modified_since: Option<HeaderValue>,
+    range: Option<HeaderValue>,
+    accept_encoding: Option<HeaderValue>,
+}
+
+impl Conditions {
+    fn of(req: &RequestHeader) -> Conditions {
+        let get = |name| req.headers.get(name).cloned();
+        Conditions {
+            if_none_match: get(header::IF_NONE_MATCH),
+            if_modified_since: get(header::IF_MODIFIED_SINCE),
+            range: get(header::RANGE),
+            accept_encoding: get(header::ACCEPT_ENCODING),
+        }
+    }
+
+    /// Which of `reps` (identity first) to send: identity for a range request or when it is
+    /// the only one, else the first precompressed sibling the client accepts.
+    fn choose<'a, T>(&self, reps: &'a [T], encoding: impl Fn(&T) -> Encoding) -> &'a T {
+        if self.range.is_some() || reps.len() == 1 {
+            return &reps[0];
+        }
+        let accepted = accepted_encodings(self.accept_encoding.as_ref().map(|v| v.as_bytes()));
+        reps.iter()
+            .skip(1)
+            .find(|r| accepted.contains(encoding(r)))
+            .unwrap_or(&reps[0])
+    }
+
+    /// Whether the client's copy (by `If-None-Match`, else `If-Modified-Since`) is current.
+    fn not_modified(&self, etag: &str, last_modified: &str) -> bool {
+        if let Some(inm) = &self.if_none_match {
+            return none_match(inm.as_bytes(), etag);
+        }
+        let Some(ims) = self
+            .if_modified_since
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+        else {
+            return false;
+        };
+        httpdate::parse_http_date(last_modified).is_ok_and(|lm: SystemTime| lm <= ims)
+    }
+}
+
+/// One static request's disk work, owned, for the blocking pool.
+struct Lookup {
+    roots: Vec<PathBuf>,
+    rel: PathBuf,
+    hashed: bool,
+    /// The route's `spa_fallback` in the serving slot's root, for a missing non-hashed path.
+    fallback: Option<(PathBuf, PathBuf)>,
+    cache_control: String,
+    cond: Conditions,
+    max_file: u64,
+    cache: Arc<Mutex<AssetCache>>,
+}
+
+fn last_modified(meta: &Metadata) -> String {
+    meta.modified()
+        .map(httpdate::fmt_http_date)
+        .unwrap_or_default()
 }
 
 fn etag(meta: &Metadata, encoding: Encoding) -> String {
@@ -99,8 +167,7 @@ impl StaticFiles {
         StaticFiles {
             max_file: cfg.cache_max_file,
             hash_min_len: cfg.hash_min_len,
-            cache: RwLock::new(HashMap::new()),
-            cached_bytes: Default::default(),
+            cache: Arc::new(Mutex::new(AssetCache::new(CACHE_BUDGET))),
         }
     }
 
@@ -113,12 +180,13 @@ impl StaticFiles {
         slot: SlotName,
         route: &Route,
     ) -> Result<StaticResponse> {
-        let req = session.req_header();
-        Ok(self.answer(req, routing, slot, route))
+        Ok(self
+            .answer(session.req_header(), routing, slot, route)
+            .await)
     }
 
     /// The response to `req`, computed without writing anything.
-    pub fn answer(
+    pub async fn answer(
         &self,
         req: &RequestHeader,
         routing: &Routing,
@@ -136,40 +204,65 @@ impl StaticFiles {
             Err(PathError::NotFound) => return StaticResponse::error(404, "not found\n"),
         };
         let hashed = is_hashed(&rel, self.hash_min_len);
-        let own = routing.slot(slot).static_root.as_deref();
-        let other = routing.slot(slot.other()).static_root.as_deref();
-        let roots: &[Option<&Path>] = if hashed { &[own, other] } else { &[own] };
-        for root in roots.iter().flatten() {
-            if let Some(resp) = self.serve_from(req, root, &rel, hashed, route) {
+        let own = routing.slot(slot).static_root.clone();
+        let other = routing.slot(slot.other()).static_root.clone();
+        let roots: Vec<PathBuf> = if hashed {
+            own.iter().chain(other.iter()).cloned().collect()
+        } else {
+            own.iter().cloned().collect()
+        };
+        let cond = Conditions::of(req);
+        if hashed {
+            for root in &roots {
+                if let Some(cached) = self.cached(&root.join(&rel)) {
+                    return cached_response(&cond, &cached);
+                }
+            }
+        }
+        let fallback = match (&route.spa_fallback, &own) {
+            (Some(page), Some(root)) if !hashed => {
+                resolve(page).ok().map(|rel| (root.clone(), rel))
+            }
+            _ => None,
+        };
+        let lookup = Lookup {
+            roots,
+            rel,
+            hashed,
+            fallback,
+            cache_control: route.cache_control.as_deref().unwrap_or(NO_CACHE).into(),
+            cond,
+            max_file: self.max_file,
+            cache: self.cache.clone(),
+        };
+        tokio::task::spawn_blocking(move || lookup.run())
+            .await
+            .unwrap_or_else(|_| StaticResponse::error(500, "internal error\n"))
+    }
+
+    fn cached(&self, full: &Path) -> Option<Arc<Cached>> {
+        self.cache.lock().ok()?.get(full)
+    }
+}
+
+impl Lookup {
+    /// Blocking: finds the file, under each root in turn, then the fallback page.
+    fn run(self) -> StaticResponse {
+        for root in &self.roots {
+            if let Some(resp) = self.serve_from(root, &self.rel, self.hashed) {
                 return resp;
             }
         }
-        if !hashed {
-            if let (Some(fallback), Some(root)) = (&route.spa_fallback, own) {
-                if let Ok(rel) = resolve(fallback) {
-                    if let Some(resp) = self.serve_from(req, root, &rel, false, route) {
-                        return resp;
-                    }
-                }
+        if let Some((root, page)) = &self.fallback {
+            if let Some(resp) = self.serve_from(root, page, false) {
+                return resp;
             }
         }
         StaticResponse::error(404, "not found\n")
     }
 
-    fn serve_from(
-        &self,
-        req: &RequestHeader,
-        root: &Path,
-        rel: &Path,
-        hashed: bool,
-        route: &Route,
-    ) -> Option<StaticResponse> {
+    fn serve_from(&self, root: &Path, rel: &Path, hashed: bool) -> Option<StaticResponse> {
         let full = root.join(rel);
-        if hashed {
-            if let Some(cached) = self.cached(&full) {
-                return Some(self.cached_response(req, &cached));
-            }
-        }
         let meta = std::fs::metadata(&full).ok()?;
         let full = if meta.is_dir() {
             let index = full.join("index.html");
@@ -190,39 +283,26 @@ impl StaticFiles {
             return Some(StaticResponse::error(404, "not found\n"));
         }
         let cache_control = if hashed {
-            IMMUTABLE.to_string()
+            IMMUTABLE
         } else {
-            route
-                .cache_control
-                .clone()
-                .unwrap_or_else(|| NO_CACHE.to_string())
+            &self.cache_control
         };
         let reps = representations(&full);
         if hashed && reps[0].meta.len() <= self.max_file {
-            if let Some(cached) = self.fill_cache(&full, &reps, &cache_control) {
-                return Some(self.cached_response(req, &cached));
+            if let Some(cached) = self.fill_cache(&full, &reps, cache_control) {
+                return Some(cached_response(&self.cond, &cached));
             }
         }
-        Some(from_disk(req, &full, reps, &cache_control))
-    }
-
-    fn cached(&self, full: &Path) -> Option<Arc<Cached>> {
-        self.cache.read().ok()?.get(full).cloned()
+        Some(from_disk(&self.cond, &full, reps, cache_control))
     }
 
     fn fill_cache(&self, full: &Path, reps: &[Rep], cache_control: &str) -> Option<Arc<Cached>> {
         let total: u64 = reps.iter().map(|r| r.meta.len()).sum();
-        let used = self.cached_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        if used + total as usize > CACHE_BUDGET {
+        if !self.cache.lock().ok()?.fits(total) {
             return None;
         }
         let vary = reps.len() > 1;
-        let identity = &reps[0];
-        let last_modified = identity
-            .meta
-            .modified()
-            .map(httpdate::fmt_http_date)
-            .unwrap_or_default();
+        let last_modified = last_modified(&reps[0].meta);
         let ctype = content_type(full);
         let mut out = Vec::with_capacity(reps.len());
         for rep in reps {
@@ -240,51 +320,35 @@ impl StaticFiles {
             out.push((rep.encoding, h, body));
         }
         let cached = Arc::new(Cached {
-            etag_identity: etag(&identity.meta, Encoding::Identity),
+            etag_identity: etag(&reps[0].meta, Encoding::Identity),
             reps: out,
             last_modified,
         });
-        self.cached_bytes
-            .fetch_add(total as usize, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut map) = self.cache.write() {
-            map.insert(full.to_path_buf(), cached.clone());
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(full.to_path_buf(), cached.clone());
         }
         Some(cached)
     }
+}
 
-    fn cached_response(&self, req: &RequestHeader, c: &Cached) -> StaticResponse {
-        let range = req.headers.get(header::RANGE);
-        let (enc, h, body) = if range.is_some() || c.reps.len() == 1 {
-            &c.reps[0]
-        } else {
-            let accepted = accepted_encodings(
-                req.headers
-                    .get(header::ACCEPT_ENCODING)
-                    .map(|v| v.as_bytes()),
-            );
-            c.reps
-                .iter()
-                .skip(1)
-                .find(|(e, _, _)| accepted.contains(*e))
-                .unwrap_or(&c.reps[0])
-        };
-        let etag = h
-            .headers
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(&c.etag_identity);
-        if not_modified(req, etag, &c.last_modified) {
-            return StaticResponse::empty(not_modified_header(h));
-        }
-        if let (Some(range), Encoding::Identity) = (range, enc) {
-            return ranged(range.as_bytes(), h, body.len() as u64, |off, len| {
-                Body::Bytes(body.slice(off as usize..(off + len) as usize))
-            });
-        }
-        StaticResponse {
-            header: h.clone(),
-            body: Body::Bytes(body.clone()),
-        }
+fn cached_response(cond: &Conditions, c: &Cached) -> StaticResponse {
+    let (enc, h, body) = cond.choose(&c.reps, |r| r.0);
+    let etag = h
+        .headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(&c.etag_identity);
+    if cond.not_modified(etag, &c.last_modified) {
+        return StaticResponse::empty(not_modified_header(h));
+    }
+    if let (Some(range), Encoding::Identity) = (&cond.range, enc) {
+        return ranged(range.as_bytes(), h, body.len() as u64, |off, len| {
+            Body::Bytes(body.slice(off as usize..(off + len) as usize))
+        });
+    }
+    StaticResponse {
+        header: h.clone(),
+        body: Body::Bytes(body.clone()),
     }
 }
 
@@ -343,21 +407,6 @@ fn header_for(
     h
 }
 
-fn not_modified(req: &RequestHeader, etag: &str, last_modified: &str) -> bool {
-    if let Some(inm) = req.headers.get(header::IF_NONE_MATCH) {
-        return none_match(inm.as_bytes(), etag);
-    }
-    let Some(ims) = req
-        .headers
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    else {
-        return false;
-    };
-    httpdate::parse_http_date(last_modified).is_ok_and(|lm: SystemTime| lm <= ims)
-}
-
 fn not_modified_header(full: &ResponseHeader) -> ResponseHeader {
     let mut h = ResponseHeader::build(304, Some(6)).expect("valid status");
     for name in [
@@ -407,31 +456,14 @@ fn ranged(
 }
 
 fn from_disk(
-    req: &RequestHeader,
+    cond: &Conditions,
     full: &Path,
     reps: Vec<Rep>,
     cache_control: &str,
 ) -> StaticResponse {
     let vary = reps.len() > 1;
-    let range = req.headers.get(header::RANGE);
-    let rep = if range.is_some() || reps.len() == 1 {
-        &reps[0]
-    } else {
-        let accepted = accepted_encodings(
-            req.headers
-                .get(header::ACCEPT_ENCODING)
-                .map(|v| v.as_bytes()),
-        );
-        reps.iter()
-            .skip(1)
-            .find(|r| accepted.contains(r.encoding))
-            .unwrap_or(&reps[0])
-    };
-    let last_modified = reps[0]
-        .meta
-        .modified()
-        .map(httpdate::fmt_http_date)
-        .unwrap_or_default();
+    let rep = cond.choose(&reps, |r| r.encoding);
+    let last_modified = last_modified(&reps[0].meta);
     let tag = etag(&rep.meta, rep.encoding);
     let h = header_for(
         200,
@@ -443,14 +475,14 @@ fn from_disk(
         rep.encoding,
         vary,
     );
-    if not_modified(req, &tag, &last_modified) {
+    if cond.not_modified(&tag, &last_modified) {
         return StaticResponse::empty(not_modified_header(&h));
     }
     let Ok(file) = File::open(&rep.path) else {
         return StaticResponse::error(404, "not found\n");
     };
     let len = rep.meta.len();
-    if let Some(range) = range {
+    if let Some(range) = &cond.range {
         return ranged(range.as_bytes(), &h, len, |offset, len| Body::File {
             file,
             offset,

@@ -1,8 +1,9 @@
 //! A static response and its two writers: through Pingora's session (the full proxy) and
-//! straight onto the connection as HTTP/1.1 (the fast path).
+//! straight onto the connection as HTTP/1.1 (the fast path). Both read file bodies through
+//! one [`FileChunks`] reader, off the runtime threads.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::SeekFrom;
 
 use bytes::Bytes;
 use http::header;
@@ -58,22 +59,17 @@ impl StaticResponse {
         match self.body {
             Body::Empty => Ok(()),
             Body::Bytes(b) => session.write_response_body(Some(b), true).await,
-            Body::File {
-                mut file,
-                offset,
-                len,
-            } => {
-                file.seek(SeekFrom::Start(offset))
+            Body::File { file, offset, len } => {
+                let mut chunks = FileChunks::open(file, offset, len)
+                    .await
                     .or_err(ErrorType::FileReadError, "seek static file")?;
-                let mut left = len;
-                while left > 0 {
-                    let want = (left as usize).min(CHUNK);
-                    let mut buf = vec![0u8; want];
-                    file.read_exact(&mut buf)
-                        .or_err(ErrorType::FileReadError, "read static file")?;
-                    left -= want as u64;
+                while let Some(chunk) = chunks
+                    .next()
+                    .await
+                    .or_err(ErrorType::FileReadError, "read static file")?
+                {
                     session
-                        .write_response_body(Some(Bytes::from(buf)), left == 0)
+                        .write_response_body(Some(chunk), chunks.done())
                         .await?;
                 }
                 Ok(())
@@ -111,25 +107,50 @@ impl StaticResponse {
                 w.write_all(&out).await?;
             }
             Body::Bytes(b) => write_all_vectored(w, &out, &b).await?,
-            Body::File {
-                mut file,
-                offset,
-                len,
-            } => {
+            Body::File { file, offset, len } => {
                 w.write_all(&out).await?;
-                file.seek(SeekFrom::Start(offset))?;
-                let mut left = len;
-                let mut chunk = vec![0u8; CHUNK];
-                while left > 0 {
-                    let want = (left as usize).min(CHUNK);
-                    file.read_exact(&mut chunk[..want])?;
-                    w.write_all(&chunk[..want]).await?;
-                    left -= want as u64;
+                let mut chunks = FileChunks::open(file, offset, len).await?;
+                while let Some(chunk) = chunks.next().await? {
+                    w.write_all(&chunk).await?;
                 }
             }
         }
         w.flush().await?;
         Ok(status.as_u16())
+    }
+}
+
+/// A file body read in chunks on Tokio's blocking pool (`tokio::fs`), never on the runtime
+/// thread that writes it; shared by both writers.
+struct FileChunks {
+    file: tokio::fs::File,
+    left: u64,
+}
+
+impl FileChunks {
+    async fn open(file: File, offset: u64, len: u64) -> std::io::Result<FileChunks> {
+        use tokio::io::AsyncSeekExt;
+        let mut file = tokio::fs::File::from_std(file);
+        file.seek(SeekFrom::Start(offset)).await?;
+        Ok(FileChunks { file, left: len })
+    }
+
+    /// The next chunk of at most [`CHUNK`] bytes, `None` once `len` bytes were read.
+    async fn next(&mut self) -> std::io::Result<Option<Bytes>> {
+        use tokio::io::AsyncReadExt;
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let want = (self.left as usize).min(CHUNK);
+        let mut buf = vec![0u8; want];
+        self.file.read_exact(&mut buf).await?;
+        self.left -= want as u64;
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Whether the last chunk has been read.
+    fn done(&self) -> bool {
+        self.left == 0
     }
 }
 

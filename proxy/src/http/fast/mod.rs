@@ -313,7 +313,7 @@ impl FastApp {
         let _guard = routing.counters.enter(slot);
         let (status, next) = match (&req.statics, routing.route(&req.path)) {
             (Some(header), Some(route)) => {
-                let resp = self.statics.answer(header, routing, slot, route);
+                let resp = self.statics.answer(header, routing, slot, route).await;
                 let mut extra = Vec::with_capacity(48);
                 self.slot_line(slot, &mut extra);
                 if req.close {
