@@ -21,7 +21,8 @@ use clap::Parser;
     about = "Bascule beside nginx, same core, same load"
 )]
 pub(crate) struct Opts {
-    /// Scenarios to run (proxy, static-1k, static-100k, latency, flips, idle-conns); default: all.
+    /// Scenarios to run (proxy, proxy-fwd, static-1k, static-100k, latency, flips, idle-conns);
+    /// default: all.
     #[arg(long = "scenario")]
     pub(crate) scenarios: Vec<String>,
     /// Seconds per run.
@@ -41,8 +42,9 @@ pub(crate) struct Opts {
     pub(crate) loadgen: Vec<String>,
 }
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "proxy",
+    "proxy-fwd",
     "static-1k",
     "static-100k",
     "latency",

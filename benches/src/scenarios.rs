@@ -109,11 +109,23 @@ fn median_by(mut rows: Vec<Row>, key: impl Fn(&Row) -> f64) -> Row {
 }
 
 fn throughput(name: &str, lab: &Lab, opts: &Opts, path: &str) -> anyhow::Result<Scenario> {
+    throughput_of(name, lab, opts, path, (lab.bascule_addr, lab.bascule_pid))
+}
+
+/// nginx on `path` against the Bascule at `bascule` (address, pid).
+fn throughput_of(
+    name: &str,
+    lab: &Lab,
+    opts: &Opts,
+    path: &str,
+    bascule: (SocketAddr, u32),
+) -> anyhow::Result<Scenario> {
     let nginx_pids = lab.nginx_pids();
-    let bascule_pids = [lab.bascule_pid];
+    let (bascule_addr, bascule_pid) = bascule;
+    let bascule_pids = [bascule_pid];
     // Warm both (pools, caches) before measuring.
     wrk(lab, lab.nginx_addr, path, 1)?;
-    wrk(lab, lab.bascule_addr, path, 1)?;
+    wrk(lab, bascule_addr, path, 1)?;
     let (mut n, mut b) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
         n.push(measure(
@@ -127,7 +139,7 @@ fn throughput(name: &str, lab: &Lab, opts: &Opts, path: &str) -> anyhow::Result<
         b.push(measure(
             lab,
             "bascule",
-            lab.bascule_addr,
+            bascule_addr,
             &bascule_pids,
             path,
             opts.duration,
@@ -371,6 +383,13 @@ fn latency(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
 pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
     match name {
         "proxy" => throughput("proxy", lab, opts, "/"),
+        "proxy-fwd" => throughput_of(
+            "proxy-fwd",
+            lab,
+            opts,
+            "/edge/",
+            (lab.bascule_fwd_addr, lab.bascule_fwd_pid),
+        ),
         "static-1k" => throughput("static-1k", lab, opts, ASSET_1K),
         "static-100k" => throughput("static-100k", lab, opts, ASSET_100K),
         "latency" => latency(lab, opts),

@@ -99,6 +99,11 @@ pub(crate) struct Lab {
     pub(crate) admin: PathBuf,
     /// Bascule's process id.
     pub(crate) bascule_pid: u32,
+    /// A second Bascule with forwarded headers on (`X-Forwarded-*`, `X-Real-IP`), against
+    /// nginx's `/edge/` location, which sets the same headers as edges are configured.
+    pub(crate) bascule_fwd_addr: SocketAddr,
+    /// Its process id.
+    pub(crate) bascule_fwd_pid: u32,
     /// nginx front's pid file.
     pub(crate) nginx_pid_file: PathBuf,
     /// nginx binary, for reloads.
@@ -185,7 +190,11 @@ impl Lab {
                  upstream app {{ include {inc}; keepalive 64; keepalive_requests 100000000; }}\n\
                  server {{ listen 127.0.0.1:{front}; root {site};\n\
                    location /assets/ {{ expires 1y; add_header Cache-Control \"public, immutable\"; }}\n\
-                   location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+                   location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
+                   location /edge/ {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                     proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;\n\
+                     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                     proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }} }} }}\n",
                 nginx_common(d, "front"),
                 temp_paths(d),
                 inc = include.display(),
@@ -200,33 +209,42 @@ impl Lab {
         let nginx_addr: SocketAddr = format!("127.0.0.1:{front}").parse()?;
         wait_port(nginx_addr)?;
 
-        // Bascule: one thread, same site, same upstreams.
-        let bport = free_port()?;
+        // Bascule: one thread, same site, same upstreams; bare (as nginx's `/`) and with
+        // forwarded headers (as nginx's `/edge/`).
+        let start_bascule = |name: &str, forwarded: bool| -> anyhow::Result<(Guard, SocketAddr)> {
+            let port = free_port()?;
+            let conf = d.join(format!("{name}.toml"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
+                     [forwarding]\nx_forwarded = {forwarded}\n\
+                     [slots.blue]\nupstreams = [\"{b}\"]\nstatic_root = \"{s}\"\n\
+                     [slots.green]\nupstreams = [\"{g}\"]\nstatic_root = \"{s}\"\n\
+                     [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n",
+                    a = d.join(format!("{name}.sock")).display(),
+                    b = upstreams[0],
+                    g = upstreams[1],
+                    s = site.display(),
+                ),
+            )?;
+            let guard = spawn_pinned(
+                crate::setup::PROXY_CORE,
+                bascule,
+                &["serve", "-c", &conf.display().to_string()],
+            )?;
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            wait_port(addr)?;
+            Ok((guard, addr))
+        };
         let admin = d.join("admin.sock");
-        let conf = d.join("bascule.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "[listen]\nhttp = [\"127.0.0.1:{bport}\"]\n[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
-                 [slots.blue]\nupstreams = [\"{b}\"]\nstatic_root = \"{s}\"\n\
-                 [slots.green]\nupstreams = [\"{g}\"]\nstatic_root = \"{s}\"\n\
-                 [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n",
-                a = admin.display(),
-                b = upstreams[0],
-                g = upstreams[1],
-                s = site.display(),
-            ),
-        )?;
-        let guard = spawn_pinned(
-            crate::setup::PROXY_CORE,
-            bascule,
-            &["serve", "-c", &conf.display().to_string()],
-        )?;
+        let (guard, bascule_addr) = start_bascule("admin", false)?;
         // taskset execs the program, so the child's pid is Bascule's.
         let bascule_pid = guard.0.id();
         procs.push(guard);
-        let bascule_addr: SocketAddr = format!("127.0.0.1:{bport}").parse()?;
-        wait_port(bascule_addr)?;
+        let (guard, bascule_fwd_addr) = start_bascule("fwd", true)?;
+        let bascule_fwd_pid = guard.0.id();
+        procs.push(guard);
         Ok(Lab {
             nginx_pid_file: d.join("front.pid"),
             dir,
@@ -234,6 +252,8 @@ impl Lab {
             bascule_addr,
             admin,
             bascule_pid,
+            bascule_fwd_addr,
+            bascule_fwd_pid,
             nginx: tools.nginx.clone(),
             wrk: tools.wrk.clone(),
             nginx_conf,

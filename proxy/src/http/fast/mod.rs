@@ -252,7 +252,9 @@ impl FastApp {
                 // connection's task.
                 Head::Handover => return Box::pin(self.hand_over(client, &buf, shutdown)).await,
             };
-            let next = self.serve(&mut client, &req, &routing, &scratch).await;
+            let next = self
+                .serve(&mut client, &buf, &req, &routing, &scratch)
+                .await;
             drop(routing);
             let _ = buf.split_to(req.head_len);
             if buf.is_empty() {
@@ -304,6 +306,7 @@ impl FastApp {
     async fn serve(
         &self,
         client: &mut L4Stream,
+        buf: &[u8],
         req: &Request,
         routing: &Arc<Routing>,
         head: &[u8],
@@ -311,7 +314,7 @@ impl FastApp {
         let start = Instant::now();
         let slot = routing.pick_slot();
         let _guard = routing.counters.enter(slot);
-        let (status, next) = match (&req.statics, routing.route(&req.path)) {
+        let (status, next) = match (&req.statics, routing.route(req.path.get(buf))) {
             (Some(header), Some(route)) => {
                 let resp = self.statics.answer(header, routing, slot, route).await;
                 let mut extra = Vec::with_capacity(48);
