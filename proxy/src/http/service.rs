@@ -235,7 +235,10 @@ impl ProxyHttp for Bascule {
                 ctx.member = Some(i);
                 Ok(Box::new(pool.members()[i].peer.clone()))
             }
-            None => Error::e_explain(ErrorType::HTTPStatus(503), "no usable upstream"),
+            None => Error::e_explain(
+                ErrorType::HTTPStatus(ctx.retries.exhausted_status()),
+                "no usable upstream",
+            ),
         }
     }
 

@@ -31,6 +31,7 @@ pub(crate) struct Retries {
     /// Members that failed (bit `i` for member `i`).
     tried: u64,
     stale: u8,
+    last: Option<Failure>,
 }
 
 /// What the next attempt must be.
@@ -51,6 +52,12 @@ impl Failure {
 }
 
 impl Retries {
+    /// The status when no member is left to pick: what the last attempt met, or 503 when
+    /// nothing could be tried at all.
+    pub(crate) fn exhausted_status(&self) -> u16 {
+        self.last.map_or(503, Failure::status)
+    }
+
     /// Members not to pick again (bit `i` for member `i`).
     pub(crate) fn skip(&self) -> u64 {
         self.tried
@@ -66,6 +73,7 @@ impl Retries {
         members: usize,
         replayable: bool,
     ) -> Option<Again> {
+        self.last = Some(failure);
         match failure {
             Failure::Timeout => None,
             Failure::Stale if replayable && self.stale < MAX_STALE => {
@@ -104,6 +112,8 @@ mod tests {
         );
         assert_eq!(r.skip(), 1);
         assert_eq!(r.after(Failure::Connect, 1, 2, true), None);
+        assert_eq!(r.exhausted_status(), 502);
+        assert_eq!(Retries::default().exhausted_status(), 503);
         let mut r = Retries::default();
         assert_eq!(r.after(Failure::Exchange, 0, 2, false), None);
         assert!(r.after(Failure::Connect, 0, 2, false).is_some());

@@ -357,7 +357,8 @@ impl FastApp {
         let mut fresh_only = false;
         loop {
             let Some(i) = pool.pick(retries.skip()) else {
-                return (self.respond_error(client, slot, 503).await, Next::Close);
+                let code = retries.exhausted_status();
+                return (self.respond_error(client, slot, code).await, Next::Close);
             };
             let member = &pool.members()[i];
             let failure = match self
