@@ -95,23 +95,9 @@ impl Conn {
     /// Reads one response (Content-Length or chunked body; none when `head`).
     pub fn read_response(&mut self, head: bool) -> io::Result<Response> {
         let (status, headers, used) = loop {
-            let mut hdrs = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut hdrs);
-            match resp.parse(&self.buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let headers: Vec<(String, String)> = resp
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect();
-                    break (resp.code.unwrap_or(0), headers, n);
-                }
-                Ok(httparse::Status::Partial) => self.fill()?,
+            match parse_head(&self.buf) {
+                Ok(Some(head)) => break head,
+                Ok(None) => self.fill()?,
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
         };
@@ -206,4 +192,29 @@ pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
 /// One request with headers on a fresh connection.
 pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
     Conn::connect(addr)?.get(path, headers)
+}
+
+/// A parsed response head: status, headers (names lower-cased), length in bytes.
+pub type Head = (u16, Vec<(String, String)>, usize);
+
+/// The response head at the start of `buf`; `None` while incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, httparse::Error> {
+    let mut hdrs = [httparse::EMPTY_HEADER; 300];
+    let mut resp = httparse::Response::new(&mut hdrs);
+    Ok(match resp.parse(buf)? {
+        httparse::Status::Complete(n) => {
+            let headers = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            Some((resp.code.unwrap_or(0), headers, n))
+        }
+        httparse::Status::Partial => None,
+    })
 }

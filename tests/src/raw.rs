@@ -719,23 +719,9 @@ impl RawClient {
     ) -> Result<Result<RawResponse, String>, ReadErr> {
         let (status, headers, head_len) = loop {
             if !self.buf.is_empty() {
-                let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut hdrs);
-                match resp.parse(&self.buf) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        let headers: Vec<(String, String)> = resp
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.name.to_ascii_lowercase(),
-                                    String::from_utf8_lossy(h.value).into_owned(),
-                                )
-                            })
-                            .collect();
-                        break (resp.code.unwrap_or(0), headers, n);
-                    }
-                    Ok(httparse::Status::Partial) => {}
+                match crate::http::parse_head(&self.buf) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {}
                     Err(e) => return Ok(Err(format!("{e}: {}", show(&self.buf)))),
                 }
             }

@@ -23,17 +23,7 @@ pub fn request_head(data: &[u8]) {
     let Ok(httparse::Status::Complete(head_len)) = req.parse(data) else {
         return;
     };
-    let head = RequestHead {
-        method: req.method.unwrap_or(""),
-        target: req.path.unwrap_or(""),
-        version: if req.version == Some(0) {
-            Version::H10
-        } else {
-            Version::H11
-        },
-        headers: req.headers,
-        head_len,
-    };
+    let head = RequestHead::from_h1(&req, head_len);
     let limits = LimitsConfig::default();
     let Ok(c) = check(&head, &limits, Forwarding::Replace) else {
         return;

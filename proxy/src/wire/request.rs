@@ -54,6 +54,26 @@ pub(crate) struct RequestHead<'a> {
     pub(crate) head_len: usize,
 }
 
+impl<'a> RequestHead<'a> {
+    /// The head httparse parsed (HTTP/1.x), `head_len` bytes long.
+    pub(crate) fn from_h1<'h: 'a, 'b: 'a>(
+        req: &'a httparse::Request<'h, 'b>,
+        head_len: usize,
+    ) -> RequestHead<'a> {
+        RequestHead {
+            method: req.method.unwrap_or(""),
+            target: req.path.unwrap_or(""),
+            version: if req.version == Some(0) {
+                Version::H10
+            } else {
+                Version::H11
+            },
+            headers: &*req.headers,
+            head_len,
+        }
+    }
+}
+
 /// Which headers of the head stay behind (bit `i` for header `i`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Dropped(u128);

@@ -89,17 +89,7 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         Err(httparse::Error::TooManyHeaders) => return Head::Reject(Reject::HeadTooLarge),
         Err(_) => return Head::Reject(Reject::BadRequest("malformed request head")),
     };
-    let head = RequestHead {
-        method: req.method.unwrap_or(""),
-        target: req.path.unwrap_or(""),
-        version: if req.version == Some(0) {
-            Version::H10
-        } else {
-            Version::H11
-        },
-        headers: req.headers,
-        head_len,
-    };
+    let head = RequestHead::from_h1(&req, head_len);
     let c = match check(&head, policy.limits, policy.forwarding) {
         Ok(c) => c,
         Err(r) => return Head::Reject(r),
