@@ -36,12 +36,15 @@ pub(crate) struct FileConfig {
     pub(crate) forwarding: crate::edge::file::Forwarding,
     #[serde(default)]
     pub(crate) limits: crate::edge::file::Limits,
+    pub(crate) tls: Option<crate::tls::file::Tls>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Listen {
     pub(crate) http: Option<Spanned<Vec<SocketAddr>>>,
+    pub(crate) https: Option<Spanned<Vec<SocketAddr>>>,
+    pub(crate) redirect_http: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -13,6 +13,7 @@ mod edge;
 mod error;
 mod file;
 mod slot;
+mod tls;
 mod validate;
 
 pub use validate::check_upstream;
@@ -23,6 +24,7 @@ pub use edge::{
 };
 pub use error::ConfigError;
 pub use slot::{SlotName, UnknownSlot};
+pub use tls::{load_pair, CertError, CertPair, TlsConfig, TlsVersion};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +74,12 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Addresses the HTTP proxy listens on.
     pub listen: Vec<SocketAddr>,
+    /// Addresses it listens on with TLS (`[listen] https`).
+    pub https: Vec<SocketAddr>,
+    /// Plain listeners answer 308 to the same URL on https.
+    pub redirect_http: bool,
+    /// TLS termination, when there are https listeners.
+    pub tls: Option<TlsConfig>,
     /// Process-level settings.
     pub server: ServerConfig,
     /// The admin socket.
@@ -234,7 +242,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let model: file::FileConfig =
         toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
-    validate::validate(model).map_err(|v| ConfigError::at_span(file, text, v.span, v.message))
+    let base = Path::new(file).parent().unwrap_or(Path::new("."));
+    validate::validate(model, base).map_err(|v| ConfigError::at_span(file, text, v.span, v.message))
 }
 
 #[cfg(test)]

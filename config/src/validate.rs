@@ -22,14 +22,25 @@ fn err<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Violation
     })
 }
 
-pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
+/// `base`: the config file's folder, against which relative certificate paths resolve.
+pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Violation> {
+    let has_https = f
+        .listen
+        .https
+        .as_ref()
+        .is_some_and(|h| !h.get_ref().is_empty());
     let listen = match f.listen.http {
-        Some(addrs) if addrs.get_ref().is_empty() => {
+        Some(addrs) if addrs.get_ref().is_empty() && !has_https => {
             return err(addrs.span(), "listen.http: give at least one address")
         }
         Some(addrs) => addrs.into_inner(),
+        // An https-only edge listens on no plain port unless told to.
+        None if has_https => Vec::new(),
         None => vec!["127.0.0.1:8080".parse().expect("literal address")],
     };
+    let tls = crate::tls::tls(f.tls, &f.listen.https, base)?;
+    let https = f.listen.https.map(Spanned::into_inner).unwrap_or_default();
+    let redirect_http = f.listen.redirect_http.unwrap_or(false);
 
     let threads = match f.server.threads {
         Some(t) if *t.get_ref() == 0 => return err(t.span(), "server.threads: must be at least 1"),
@@ -151,6 +162,9 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
     Ok(Config {
         source: None,
         listen,
+        https,
+        redirect_http,
+        tls,
         server,
         admin,
         metrics: f.metrics.map(|m| m.listen),

@@ -23,9 +23,11 @@ use crate::control::health_check::HealthChecker;
 use crate::control::Control;
 use crate::http::fast::FastApp;
 use crate::http::service::Bascule;
+use crate::slots::certs::Certs;
 use crate::slots::metrics::Metrics;
 use crate::statics::StaticFiles;
 use crate::SlotName;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::ExecutionPhase;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -95,7 +97,28 @@ impl App {
                 ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::unbuffered());
             proxy.add_listener(endpoint);
         }
+        if let Some(tls) = &config.tls {
+            // Pingora terminates TLS; the certificate is picked per handshake by SNI from a set
+            // that `reload` replaces (`slots/certs.rs`).
+            let certs = Arc::new(Certs::load(tls).context("tls: cannot load the certificates")?);
+            control.serve_certs(certs.clone());
+            for addr in &config.https {
+                let mut settings = TlsSettings::intermediate("", "")
+                    .map_err(|e| anyhow::anyhow!("tls settings: {e}"))?;
+                settings.set_cert_resolver(certs.clone());
+                if tls.h2 {
+                    settings.enable_h2();
+                }
+                proxy.add_listener(ListenerConfig::tcp(addr.to_string()).tls(settings));
+            }
+        }
         server.add_service(proxy);
+        server.add_service(background_service(
+            "bascule reload on SIGHUP",
+            ReloadOnHangup {
+                control: control.clone(),
+            },
+        ));
 
         // Bind the admin socket before serving: a bad socket stops the start. In an upgrade the
         // running process still owns it until it has handed its listeners over, so bind after
@@ -183,6 +206,31 @@ fn admin_service(
 ) -> impl pingora_core::services::ServiceWithDependents {
     let admin = AdminService::new(listener, AdminHandler::new(control.clone()));
     background_service("bascule admin", admin)
+}
+
+/// `SIGHUP` reloads the config (and the certificates), as `bascule ctl reload` does.
+struct ReloadOnHangup {
+    control: Arc<Control>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be watched; use `bascule ctl reload`");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => match self.control.reload().await {
+                    Ok(changes) => tracing::info!(?changes, "SIGHUP: config reloaded"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: reload refused; the running config stays"),
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 /// Time the process stays after in-flight requests reach zero on a graceful stop.

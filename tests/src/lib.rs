@@ -4,6 +4,7 @@
 pub mod http;
 mod proxy;
 pub mod raw;
+pub mod tls;
 pub mod ws;
 
 pub use bascule_proxy::demo::Upstream;

@@ -73,6 +73,8 @@ pub struct ProxyConfig {
     pub green_root: Option<PathBuf>,
     /// Extra lines of the `[server]` table (`park_idle_after = "100ms"`…).
     pub server: String,
+    /// Extra lines of the `[listen]` table (`https = […]`, `redirect_http = true`).
+    pub listen: String,
     /// Extra TOML appended verbatim (routes, health, drain…).
     pub extra: String,
     /// The state file (default: `state.json` in the proxy's temp dir).
@@ -125,7 +127,7 @@ impl ProxyConfig {
                 .unwrap_or_default()
         };
         format!(
-            "[listen]\nhttp = [\"{addr}\"]\n\n[server]\nthreads = 2\nshutdown_grace = \"5s\"\n{server}\n\
+            "[listen]\nhttp = [\"{addr}\"]\n{listen}\n\n[server]\nthreads = 2\nshutdown_grace = \"5s\"\n{server}\n\
              [admin]\nsocket = \"{d}/admin.sock\"\n\n[state]\npath = \"{state}\"\n\n\
              [slots.blue]\nupstreams = [{b}]\nversion = \"1.0.0\"\n{br}\n\
              [slots.green]\nupstreams = [{g}]\nversion = \"1.1.0\"\n{gr}\n\
@@ -135,6 +137,7 @@ impl ProxyConfig {
             b = list(&self.blue),
             g = list(&self.green),
             server = self.server,
+            listen = self.listen,
             br = root(&self.blue_root),
             gr = root(&self.green_root),
             extra = self.extra,

@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 use bascule_admin::SetField;
 use bascule_config::{Config, HealthConfig};
 
+use crate::slots::certs::Certs;
 use crate::slots::counters::SlotCounters;
 use crate::slots::metrics::Metrics;
 use crate::slots::routing::{Pool, Routing, Slot};
@@ -51,6 +52,8 @@ pub struct Control {
     config: ArcSwap<Config>,
     write: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    /// The https listeners' certificates, reloaded with the config.
+    certs: std::sync::OnceLock<Arc<Certs>>,
 }
 
 impl Control {
@@ -104,8 +107,14 @@ impl Control {
             config: ArcSwap::from_pointee(config),
             write: tokio::sync::Mutex::new(()),
             metrics,
+            certs: std::sync::OnceLock::new(),
         });
         Ok((control, warning))
+    }
+
+    /// Hands over the https listeners' certificates, so `reload` re-reads them.
+    pub fn serve_certs(&self, certs: Arc<Certs>) {
+        let _ = self.certs.set(certs);
     }
 
     /// The current snapshot. The request path calls this once per request.
@@ -336,7 +345,12 @@ impl Control {
         let new = bascule_config::load(&path)?;
         let mut changes = Vec::new();
         for (what, changed) in [
-            ("listen", old.listen != new.listen),
+            (
+                "listen",
+                old.listen != new.listen
+                    || old.https != new.https
+                    || old.redirect_http != new.redirect_http,
+            ),
             ("server", old.server != new.server),
             ("admin", old.admin != new.admin),
             ("metrics", old.metrics != new.metrics),
@@ -387,6 +401,15 @@ impl Control {
         ] {
             if changed {
                 changes.push(what.into());
+            }
+        }
+        if old.tls != new.tls || new.tls.is_some() {
+            // Files may have changed under the same paths: certificates are always re-read.
+            if let (Some(certs), Some(tls)) = (self.certs.get(), &new.tls) {
+                certs
+                    .reload(tls)
+                    .map_err(|e| ControlError::Refused(format!("tls: {e}; nothing changed")))?;
+                changes.push("tls.certs (new handshakes)".into());
             }
         }
         self.config.store(Arc::new(new));

@@ -34,6 +34,8 @@ pub struct Bascule {
     statics: Arc<StaticFiles>,
     limits: LimitsConfig,
     forwarding: ForwardingConfig,
+    /// `[listen] redirect_http`: plain requests get a 308 to this https port.
+    redirect_to: Option<u16>,
 }
 
 impl Bascule {
@@ -49,6 +51,7 @@ impl Bascule {
             statics,
             limits: config.limits.clone(),
             forwarding: config.forwarding.clone(),
+            redirect_to: crate::wire::redirect_port(&config),
             control,
         }
     }
@@ -167,8 +170,15 @@ impl ProxyHttp for Bascule {
             &self.forwarding,
             peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
         );
-        let checked =
-            pingora::check_and_rewrite(session.req_header_mut(), &self.limits, mode, peer, false);
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let checked = pingora::check_and_rewrite(
+            session.req_header_mut(),
+            &self.limits,
+            mode,
+            peer,
+            tls,
+            self.redirect_to,
+        );
         let verdict = match checked {
             Ok(v) => v,
             Err(why) => {
@@ -179,6 +189,14 @@ impl ProxyHttp for Bascule {
                 return Ok(true);
             }
         };
+        if let Some(location) = verdict.redirect {
+            let body = Bytes::from_static(b"moved to https\n");
+            if let Some(mut resp) = pingora::own_response_header(308, body.len()) {
+                let _ = resp.insert_header(http::header::LOCATION, location);
+                let _ = session.write_error_response(resp, body).await;
+            }
+            return Ok(true);
+        }
         // Between two reads of the body, as the fast path waits for a head.
         session.set_read_timeout(Some(self.limits.body_timeout));
         let routing = self.control.load();

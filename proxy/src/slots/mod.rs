@@ -5,6 +5,7 @@
 //! plus the cheap operations the request path performs on it; the services that change it live
 //! in [`crate::control`].
 
+pub mod certs;
 pub mod counters;
 pub mod health;
 pub(crate) mod idle;

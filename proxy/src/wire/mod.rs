@@ -111,3 +111,35 @@ pub(crate) fn own_response_h1(code: u16, body: &str, extra: &[u8], out: &mut Vec
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
 }
+
+/// `https://host[:port]/path?query`: where `[listen] redirect_http` sends a plain request.
+/// `host` is the request's authority (its port, if any, is replaced by `https_port`, left out
+/// when 443). `None` without a host to send the client to.
+pub(crate) fn https_location(
+    host: Option<&str>,
+    path_and_query: &str,
+    https_port: u16,
+) -> Option<String> {
+    let host = host?;
+    let name = match host.rsplit_once(':') {
+        // An IPv6 literal keeps its brackets; a trailing `:digits` is a port.
+        Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !n.ends_with(':') => n,
+        _ => host,
+    };
+    let path = if path_and_query == "*" {
+        "/"
+    } else {
+        path_and_query
+    };
+    Some(if https_port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{https_port}{path}")
+    })
+}
+
+/// The https port plain requests are redirected to, under `[listen] redirect_http`.
+pub(crate) fn redirect_port(config: &bascule_config::Config) -> Option<u16> {
+    let https = config.https.first()?;
+    (config.redirect_http && config.tls.is_some()).then_some(https.port())
+}

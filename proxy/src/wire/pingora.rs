@@ -17,6 +17,8 @@ use super::Reject;
 pub(crate) struct Verdict {
     /// The normalised path (no query), for routing.
     pub(crate) path: String,
+    /// Where `[listen] redirect_http` sends it, when it is to be redirected.
+    pub(crate) redirect: Option<String>,
 }
 
 /// Checks `req` like the fast path checks its heads and rewrites it for the upstream:
@@ -28,12 +30,19 @@ pub(crate) fn check_and_rewrite(
     mode: Forwarding,
     peer: Option<IpAddr>,
     tls: bool,
+    redirect_to: Option<u16>,
 ) -> Result<Verdict, Reject> {
     let version = match req.version {
         http::Version::HTTP_10 | http::Version::HTTP_09 => Version::H10,
         http::Version::HTTP_2 | http::Version::HTTP_3 => Version::H2,
         _ => Version::H11,
     };
+    if version == Version::H2 && req.headers.get(http::header::HOST).is_none() {
+        // HTTP/2 names the host in `:authority`; the policy and the upstream read `Host`.
+        if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_string()) {
+            let _ = req.insert_header(http::header::HOST, authority);
+        }
+    }
     let target = String::from_utf8_lossy(req.raw_path()).into_owned();
     let headers: Vec<Header<'_>> = req
         .headers
@@ -61,8 +70,16 @@ pub(crate) fn check_and_rewrite(
     };
     let c = check(&head, limits, mode)?;
     let edit = Edit::new(&head, &c, mode, peer, tls);
+    let redirect = match redirect_to.filter(|_| !tls) {
+        Some(port) => Some(
+            super::https_location(c.host, &c.target.path_and_query, port)
+                .ok_or(Reject::BadRequest("no Host to redirect to"))?,
+        ),
+        None => None,
+    };
     let verdict = Verdict {
         path: c.target.path().to_string(),
+        redirect,
     };
     drop(headers);
     edit.apply(req);

@@ -70,6 +70,10 @@ pub struct FastApp {
     enabled: bool,
     limits: LimitsConfig,
     forwarding: ForwardingConfig,
+    /// `[listen] redirect_http`: plain requests get a 308 to this https port.
+    redirect_to: Option<u16>,
+    /// `[tls] min_version = "1.3"`.
+    tls13_only: bool,
     /// The idle set, started by the first connection parked; `None` if it could not start.
     parking: OnceLock<Option<Arc<Parking>>>,
 }
@@ -95,6 +99,11 @@ impl FastApp {
             enabled: server.fast_path,
             limits: config.limits.clone(),
             forwarding: config.forwarding.clone(),
+            redirect_to: crate::wire::redirect_port(&config),
+            tls13_only: config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.min_version == bascule_config::TlsVersion::V1_3),
             control,
             statics,
             full: Arc::new(full),
@@ -147,7 +156,20 @@ impl ServerApp for FastApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // Plain TCP listeners hand over Pingora's L4 stream; anything else goes the full way.
+        // Plain TCP listeners hand over Pingora's L4 stream; TLS streams (HTTP/1.1 or, by ALPN,
+        // HTTP/2) go to the full proxy, which applies the same policy to each request.
+        if !stream.as_any().is::<L4Stream>() {
+            // `min_version = "1.3"`: the certificate resolver turns away clients that offer no
+            // TLS 1.3 suite; one that offered them but settled on 1.2 is closed here, before
+            // any request is read.
+            let old = stream
+                .get_ssl_digest()
+                .is_some_and(|d| d.version != "TLSv1.3");
+            if self.tls13_only && old {
+                return None;
+            }
+            return ServerApp::process_new(&self.full, stream, shutdown).await;
+        }
         let client = stream.into_any().downcast::<L4Stream>().ok()?;
         self.connection(client, shutdown).await
     }
@@ -185,6 +207,7 @@ impl FastApp {
                     let routing = self.control.load();
                     let is_static = |p: &str| routing.target(p).0 == RouteTarget::Static;
                     let policy = Policy {
+                        redirect_to: self.redirect_to,
                         serve: self.enabled,
                         limits: &self.limits,
                         forwarding,
@@ -246,6 +269,10 @@ impl FastApp {
                 Head::Partial => unreachable!("the loop above ends on a complete head"),
                 Head::Reject(r) => {
                     self.refuse(&mut client, r).await;
+                    return None;
+                }
+                Head::Redirect(location) => {
+                    self.redirect(&mut client, &location).await;
                     return None;
                 }
                 // Boxed: Pingora's session future is large, and inline it would size every
@@ -435,6 +462,17 @@ impl FastApp {
         let _ = client.write_all(&out).await;
         let _ = client.flush().await;
         code
+    }
+
+    /// Sends a plain request to https (`[listen] redirect_http`); the connection closes after.
+    async fn redirect(&self, client: &mut L4Stream, location: &str) {
+        let mut extra = b"location: ".to_vec();
+        extra.extend_from_slice(location.as_bytes());
+        extra.extend_from_slice(b"\r\n");
+        let mut out = Vec::with_capacity(256);
+        own_response_h1(308, "moved to https\n", &extra, &mut out);
+        let _ = client.write_all(&out).await;
+        let _ = client.flush().await;
     }
 
     /// Answers a request the policy refused; the connection closes after it.

@@ -9,7 +9,7 @@ use crate::wire::forward::{Forwarded, Peer};
 use crate::wire::request::{
     check, write_upstream_h1, Body, Forwarding, RequestHead, Version, MAX_REQUEST_HEADERS,
 };
-use crate::wire::Reject;
+use crate::wire::{https_location, Reject};
 
 /// Request headers static serving reads (validators, ranges, encodings).
 const STATIC_HEADERS: [&str; 5] = [
@@ -60,10 +60,14 @@ pub(super) enum Head {
     Handover,
     /// Refused by the policy: answered with this, then the connection closes.
     Reject(Reject),
+    /// A plain request under `[listen] redirect_http`: a 308 to this location.
+    Redirect(String),
 }
 
 /// The settings [`parse`] applies.
 pub(super) struct Policy<'a> {
+    /// `[listen] redirect_http`: the https port plain requests are sent to.
+    pub(super) redirect_to: Option<u16>,
     /// `[server] fast_path`: off, every valid head is handed over.
     pub(super) serve: bool,
     pub(super) limits: &'a LimitsConfig,
@@ -94,6 +98,12 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         Ok(c) => c,
         Err(r) => return Head::Reject(r),
     };
+    if let Some(port) = policy.redirect_to {
+        return match https_location(c.host, &c.target.path_and_query, port) {
+            Some(location) => Head::Redirect(location),
+            None => Head::Reject(Reject::BadRequest("no Host to redirect to")),
+        };
+    }
     let head_method = head.method == "HEAD";
     if !policy.serve
         || (head.method != "GET" && !head_method)

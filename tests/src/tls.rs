@@ -1,0 +1,181 @@
+//! TLS for the tests: certificates made on the spot (`rcgen`) and a small blocking client
+//! (`rustls`) that reports which certificate the server presented.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+
+/// A self-signed certificate for `names`, written as `NAME.pem` and `NAME.key` in `dir`.
+pub struct TestCert {
+    /// The PEM certificate file.
+    pub cert: PathBuf,
+    /// The PEM key file.
+    pub key: PathBuf,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+}
+
+impl TestCert {
+    /// Makes a certificate for `names` (the first is also the file name) in `dir`.
+    pub fn make(dir: &Path, names: &[&str]) -> TestCert {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let made = rcgen::generate_simple_self_signed(names.clone()).expect("certificate");
+        let cert = dir.join(format!("{}.pem", names[0]));
+        let key = dir.join(format!("{}.key", names[0]));
+        std::fs::write(&cert, made.cert.pem()).expect("write cert");
+        std::fs::write(&key, made.key_pair.serialize_pem()).expect("write key");
+        TestCert {
+            cert,
+            key,
+            der: made.cert.der().to_vec(),
+        }
+    }
+
+    /// The `[[tls.certs]]` entry for this pair.
+    pub fn toml(&self) -> String {
+        format!(
+            "[[tls.certs]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
+/// Accepts any certificate: these tests check *which* one is presented, not whether it is
+/// trusted.
+#[derive(Debug)]
+struct AnyCert;
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS connection to the proxy.
+pub struct TlsConn {
+    stream: StreamOwned<ClientConnection, TcpStream>,
+}
+
+impl TlsConn {
+    /// Connects to `addr` with SNI `name` (none for an IP address), offering `alpn`; only
+    /// TLS 1.2 when `tls12_only`.
+    pub fn connect(
+        addr: SocketAddr,
+        name: &str,
+        alpn: &[&[u8]],
+        tls12_only: bool,
+    ) -> std::io::Result<TlsConn> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS12, &rustls::version::TLS13]
+        };
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(std::io::Error::other)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert))
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let server = ServerName::try_from(name.to_string()).map_err(std::io::Error::other)?;
+        let conn =
+            ClientConnection::new(Arc::new(config), server).map_err(std::io::Error::other)?;
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut stream = StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(TlsConn { stream })
+    }
+
+    /// The certificate the server presented, DER.
+    pub fn peer_cert(&self) -> Vec<u8> {
+        self.stream
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The protocol agreed by ALPN.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.stream.conn.alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    /// The TLS version in use.
+    pub fn version(&self) -> Option<rustls::ProtocolVersion> {
+        self.stream.conn.protocol_version()
+    }
+
+    /// Sends `raw` and reads one HTTP/1.1 response (Content-Length bodies); returns its head
+    /// and body as text.
+    pub fn request(&mut self, raw: &str) -> std::io::Result<(String, String)> {
+        self.stream.write_all(raw.as_bytes())?;
+        self.stream.flush()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                    return Ok((head, body));
+                }
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! TLS termination and HTTP/2: certificates made here, the real binary, a real TLS client.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bascule_tests::raw::ScriptedUpstream;
+use bascule_tests::tls::{TestCert, TlsConn};
+use bascule_tests::{bascule_bin, free_addr, wait_until, Proxy, ProxyConfig};
+
+/// A proxy with an https listener serving `certs` (the first is the default).
+fn tls_proxy(
+    dir: &Path,
+    up: &ScriptedUpstream,
+    certs: &[&TestCert],
+    tls: &str,
+    listen: &str,
+) -> (Proxy, std::net::SocketAddr) {
+    let https = free_addr();
+    let _ = dir;
+    let mut extra = format!("[tls]\n{tls}\n");
+    for c in certs {
+        extra.push_str(&c.toml());
+    }
+    let proxy = Proxy::start(&ProxyConfig {
+        blue: vec![up.addr()],
+        green: vec![up.addr()],
+        listen: format!("https = [\"{https}\"]\n{listen}"),
+        extra,
+        ..ProxyConfig::default()
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || TlsConn::connect(
+            https,
+            "a.test",
+            &[],
+            false
+        )
+        .is_ok()),
+        "https listener never accepted a handshake"
+    );
+    (proxy, https)
+}
+
+fn get(host: &str, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+}
+
+#[test]
+fn sni_picks_the_certificate_and_keep_alive_works_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestCert::make(dir.path(), &["a.test"]);
+    let b = TestCert::make(dir.path(), &["b.test", "*.b.test"]);
+    let up = ScriptedUpstream::echo();
+    let (_proxy, https) = tls_proxy(dir.path(), &up, &[&a, &b], "", "");
+
+    let mut conn = TlsConn::connect(https, "b.test", &[b"http/1.1"], false).unwrap();
+    assert_eq!(conn.peer_cert(), b.der, "SNI b.test gets b's certificate");
+    assert_eq!(conn.alpn().as_deref(), Some(&b"http/1.1"[..]));
+    for i in 0..3 {
+        let (head, body) = conn.request(&get("b.test", &format!("/k{i}"))).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("x-bascule-slot: blue"),
+            "{head}"
+        );
+        assert_eq!(body, format!("GET /k{i}"));
+    }
+    let wild = TlsConn::connect(https, "www.b.test", &[], false).unwrap();
+    assert_eq!(wild.peer_cert(), b.der, "a wildcard name matches");
+    let unknown = TlsConn::connect(https, "c.test", &[], false).unwrap();
+    assert_eq!(
+        unknown.peer_cert(),
+        a.der,
+        "an unknown name gets the first certificate"
+    );
+    let h2 = TlsConn::connect(https, "a.test", &[b"h2", b"http/1.1"], false).unwrap();
+    assert_eq!(h2.alpn().as_deref(), Some(&b"h2"[..]), "h2 offered by ALPN");
+}
+
+#[test]
+fn the_request_policy_and_forwarded_headers_apply_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestCert::make(dir.path(), &["a.test"]);
+    let up = ScriptedUpstream::echo();
+    let (_proxy, https) = tls_proxy(dir.path(), &up, &[&a], "", "");
+    let mut conn = TlsConn::connect(https, "a.test", &[], false).unwrap();
+    let mark = up.mark();
+    let (head, _) = conn
+        .request("GET /x HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-Proto: http\r\n\r\n")
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = up.requests_since(mark);
+    let r = seen.last().expect("the request reached the upstream");
+    assert_eq!(r.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(r.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    let mut conn = TlsConn::connect(https, "a.test", &[], false).unwrap();
+    let mark = up.mark();
+    let (head, _) = conn
+        .request("GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        up.requests_since(mark).is_empty(),
+        "a refused request reached the upstream"
+    );
+}
+
+#[test]
+fn reload_swaps_certificates_for_new_handshakes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestCert::make(dir.path(), &["a.test"]);
+    let up = ScriptedUpstream::echo();
+    let (proxy, https) = tls_proxy(dir.path(), &up, &[&a], "", "");
+    let mut old = TlsConn::connect(https, "a.test", &[], false).unwrap();
+    assert_eq!(old.peer_cert(), a.der);
+
+    // Same file names, a new certificate in them.
+    let renewed = TestCert::make(dir.path(), &["a.test"]);
+    assert_ne!(renewed.der, a.der);
+    proxy.admin_ok("reload");
+    let new = TlsConn::connect(https, "a.test", &[], false).unwrap();
+    assert_eq!(
+        new.peer_cert(),
+        renewed.der,
+        "a new handshake sees the new certificate"
+    );
+    let (head, _) = old.request(&get("a.test", "/still")).unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "an open connection keeps working: {head}"
+    );
+
+    // A broken pair is refused and the certificates in force stay.
+    std::fs::write(&a.key, "not a key").unwrap();
+    let refused = proxy.admin_err("reload");
+    assert!(refused.contains("tls"), "{refused}");
+    let after = TlsConn::connect(https, "a.test", &[], false).unwrap();
+    assert_eq!(after.peer_cert(), renewed.der);
+}
+
+#[test]
+fn min_version_1_3_turns_away_tls_1_2_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestCert::make(dir.path(), &["a.test"]);
+    let up = ScriptedUpstream::echo();
+    let (_proxy, https) = tls_proxy(dir.path(), &up, &[&a], "min_version = \"1.3\"", "");
+    // Turned away at the handshake, or closed right after it: never served.
+    if let Ok(mut old) = TlsConn::connect(https, "a.test", &[], true) {
+        assert!(
+            old.request(&get("a.test", "/")).is_err(),
+            "served over TLS 1.2"
+        );
+    }
+    let ok = TlsConn::connect(https, "a.test", &[], false).unwrap();
+    assert_eq!(ok.version(), Some(rustls::ProtocolVersion::TLSv1_3));
+}
+
+#[test]
+fn redirect_http_answers_308_on_both_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestCert::make(dir.path(), &["a.test"]);
+    let up = ScriptedUpstream::echo();
+    for server in ["", "fast_path = false"] {
+        let https = free_addr();
+        let proxy = Proxy::start(&ProxyConfig {
+            blue: vec![up.addr()],
+            green: vec![up.addr()],
+            listen: format!("https = [\"{https}\"]\nredirect_http = true"),
+            server: server.into(),
+            extra: format!("[tls]\n{}", a.toml()),
+            ..ProxyConfig::default()
+        });
+        let ex = bascule_tests::raw::exchange(
+            proxy.addr,
+            b"GET /p?q=1 HTTP/1.1\r\nHost: a.test:8080\r\n\r\n",
+            1,
+            Duration::from_secs(5),
+        );
+        let r = ex.responses.first().expect("a response");
+        assert_eq!(r.status, 308, "{server}");
+        let want = format!("https://a.test:{}/p?q=1", https.port());
+        assert_eq!(r.header("location"), Some(want.as_str()), "{server}");
+    }
+}
+
+#[test]
+fn h2_requests_take_the_same_routes_and_headers() {
+    let Ok(out) = Command::new("curl").arg("-V").output() else {
+        eprintln!("skipped: curl not found");
+        return;
+    };
+    if !String::from_utf8_lossy(&out.stdout).contains("HTTP2") {
+        eprintln!("skipped: this curl has no HTTP/2");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestCert::make(dir.path(), &["a.test"]);
+    let up = ScriptedUpstream::echo();
+    let (_proxy, https) = tls_proxy(dir.path(), &up, &[&a], "", "");
+    let mark = up.mark();
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--http2", "--cacert"])
+        .arg(&a.cert)
+        .arg("--resolve")
+        .arg(format!("a.test:{}:127.0.0.1", https.port()))
+        .arg(format!("https://a.test:{}/h2/../api?x=1", https.port()))
+        .arg("--path-as-is")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/2 200"), "{text}");
+    assert!(text.contains("x-bascule-slot: blue"), "{text}");
+    let seen = up.requests_since(mark);
+    let r = seen.last().expect("the h2 request reached the upstream");
+    assert_eq!(r.target, "/api?x=1", "the normalised path goes upstream");
+    assert_eq!(r.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        r.header("x-forwarded-host").as_deref(),
+        Some(format!("a.test:{}", https.port()).as_str())
+    );
+}
+
+#[test]
+fn check_reports_a_bad_pair_at_the_cert_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestCert::make(dir.path(), &["a.test"]);
+    let b = TestCert::make(dir.path(), &["b.test"]);
+    let config = dir.path().join("bascule.toml");
+    let text = format!(
+        "[listen]\nhttp = [\"127.0.0.1:1\"]\nhttps = [\"127.0.0.1:2\"]\n\n[tls]\n[[tls.certs]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        a.cert.display(),
+        b.key.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(bascule_bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(":7:"), "the `cert` key's line (7): {err}");
+    assert!(err.contains("does not match"), "{err}");
+    std::fs::remove_file(&a.cert).unwrap();
+    let out = Command::new(bascule_bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(":7:") && err.contains("cannot read"), "{err}");
+}
