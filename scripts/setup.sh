@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+# The TLS tests drive HTTP/2 with curl (they skip without it).
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
