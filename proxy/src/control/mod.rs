@@ -311,6 +311,28 @@ impl Control {
         saved(published, unsaved, Applied::Routing)
     }
 
+    /// Puts `previous` back as `slot` (its upstreams with their health records, version and
+    /// static root): what a deploy that failed before its flip does. Refused once the slot
+    /// takes traffic, whose parts are then no longer the deploy's to undo.
+    pub async fn restore(
+        &self,
+        slot: SlotName,
+        previous: Arc<Slot>,
+    ) -> Result<Arc<Routing>, ControlError> {
+        let _w = self.write.lock().await;
+        let current = self.routing.load_full();
+        if current.takes_traffic(slot) {
+            return Err(ControlError::Refused(format!(
+                "{slot} takes traffic; it is not put back"
+            )));
+        }
+        let mut next = Self::derive(&current);
+        next.slots[slot.index()] = previous;
+        let (published, unsaved) = self.publish(next);
+        tracing::info!(slot = %slot, generation = published.generation, "slot put back");
+        saved(published, unsaved, Applied::Routing)
+    }
+
     /// Splits new requests `blue:green`.
     pub async fn weights(&self, blue: u32, green: u32) -> Result<Arc<Routing>, ControlError> {
         let _w = self.write.lock().await;
