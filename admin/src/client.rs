@@ -311,6 +311,13 @@ fn status_table(s: &Status, out: &mut String) {
         s.generation,
         or_dash(s.last_switch.clone()),
     ));
+    if let Some(r) = &s.last_rollback {
+        out.pop();
+        out.push_str(&format!(
+            "last automatic rollback: {} {} -> {}: {}\n\n",
+            r.at, r.from, r.to, r.reason
+        ));
+    }
     out.push_str(&format!(
         "{:<6} {:<9} {:<10} {:>8}  {}\n",
         "SLOT", "STATE", "VERSION", "INFLIGHT", "UPSTREAMS"

@@ -23,8 +23,9 @@ pub mod server;
 pub use command::{Command, ParseError, SetField, HELP};
 pub use reply::{
     parse_reply, progress_line, progress_of, reply_line, DeployReply, DrainReply, DrainTimes,
-    FlipReply, HealthReply, HelpReply, MemberHealth, ProgressLine, ReloadReply, Reply, SetReply,
-    SlotState, SlotStatus, Slots, Status, Step, StepDetail, Upstream, Weights, WeightsReply,
+    FlipReply, HealthReply, HelpReply, LastRollback, MemberHealth, ProgressLine, ReloadReply,
+    Reply, SetReply, SlotState, SlotStatus, Slots, Status, Step, StepDetail, Upstream, Weights,
+    WeightsReply,
 };
 pub use stats::{
     buckets_since, percentile, LatencyBucket, MonitorSample, Percentiles, SlotRate, SlotStats,

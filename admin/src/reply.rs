@@ -76,6 +76,22 @@ pub struct Status {
     pub weights: Option<Weights>,
     /// Both slots.
     pub slots: Slots,
+    /// The last automatic rollback, when there has been one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<LastRollback>,
+}
+
+/// An automatic rollback, in `status` and in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRollback {
+    /// RFC 3339 time it flipped back.
+    pub at: String,
+    /// The slot left.
+    pub from: SlotName,
+    /// The slot flipped back to.
+    pub to: SlotName,
+    /// Why: `5xx 47/50 = 94% > 5%`.
+    pub reason: String,
 }
 
 /// Both slots' status, by name.
@@ -433,6 +449,7 @@ mod tests {
                 blue: slot(SlotState::Active),
                 green: slot(SlotState::Idle),
             },
+            last_rollback: None,
         };
         let line = reply_line(&Ok(Reply::Status(status.clone())));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

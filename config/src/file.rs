@@ -36,6 +36,8 @@ pub(crate) struct FileConfig {
     pub(crate) forwarding: crate::edge::file::Forwarding,
     #[serde(default)]
     pub(crate) limits: crate::edge::file::Limits,
+    #[serde(default)]
+    pub(crate) rollback: crate::rollback::file::Rollback,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -12,6 +12,7 @@
 mod edge;
 mod error;
 mod file;
+mod rollback;
 mod slot;
 mod validate;
 
@@ -22,6 +23,10 @@ pub use edge::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
 };
 pub use error::ConfigError;
+pub use rollback::{
+    RollbackConfig, DEFAULT_ROLLBACK_MAX_ERROR_RATIO, DEFAULT_ROLLBACK_MIN_REQUESTS,
+    DEFAULT_ROLLBACK_WINDOW,
+};
 pub use slot::{SlotName, UnknownSlot};
 
 use std::net::SocketAddr;
@@ -100,6 +105,8 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     /// Limits on what a client may send.
     pub limits: LimitsConfig,
+    /// The automatic rollback.
+    pub rollback: RollbackConfig,
 }
 
 /// Process-level settings (`[server]`).

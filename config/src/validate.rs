@@ -147,6 +147,7 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
     let routes = routes(f.routes, &blue, &green)?;
     let forwarding = crate::edge::forwarding(f.forwarding)?;
     let limits = crate::edge::limits(f.limits)?;
+    let rollback = crate::rollback::rollback(f.rollback)?;
 
     Ok(Config {
         source: None,
@@ -165,6 +166,7 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
         routes,
         forwarding,
         limits,
+        rollback,
     })
 }
 

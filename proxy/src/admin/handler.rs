@@ -17,7 +17,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
 use crate::admin::deploy;
-use crate::control::{Applied, Control, ControlError, FlipOutcome};
+use crate::control::{last_rollback, Applied, Control, ControlError, FlipOutcome};
 use crate::slots::metrics::Metrics;
 use crate::slots::routing::Routing;
 use crate::slots::stats::{StatsSnapshot, LATENCY_BOUNDS_US};
@@ -96,6 +96,7 @@ fn status(r: &Routing) -> Status {
             blue: slot_status(r, SlotName::Blue),
             green: slot_status(r, SlotName::Green),
         },
+        last_rollback: r.last_rollback.as_deref().map(last_rollback),
     }
 }
 
