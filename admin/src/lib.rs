@@ -68,6 +68,11 @@ impl Progress {
         (Progress(Some(tx)), rx)
     }
 
+    /// Whether steps reach a client (which then needs no list of them in the reply).
+    pub fn is_live(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Reports `step`.
     pub fn send(&self, step: &Step) {
         if let Some(tx) = &self.0 {

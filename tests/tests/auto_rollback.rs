@@ -138,3 +138,24 @@ fn no_rollback_to_an_unhealthy_slot() {
     }));
     assert_eq!(metric(metrics, "bascule_auto_rollbacks_total"), Some(1));
 }
+
+#[test]
+fn a_canary_answering_500_ends_the_split() {
+    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
+    let green = broken();
+    let (proxy, metrics) = proxy(blue.addr(), green.addr());
+    proxy.admin_ok("weights blue=1 green=1");
+    let mut n = 0;
+    assert!(wait_until(Duration::from_secs(5), || {
+        n += 1;
+        get(proxy.addr, "/").unwrap();
+        proxy.status().weights.is_none()
+    }));
+    assert!(n >= 40, "rolled back after {n} requests");
+    let status = proxy.status();
+    assert_eq!(status.active, SlotName::Blue);
+    let last = status.last_rollback.unwrap();
+    assert_eq!((last.from, last.to), (SlotName::Green, SlotName::Blue));
+    assert!((0..10).all(|_| get(proxy.addr, "/").unwrap().status == 200));
+    assert_eq!(metric(metrics, "bascule_auto_rollbacks_total"), Some(1));
+}

@@ -35,8 +35,13 @@ impl Steps<'_> {
         self.started = Instant::now();
     }
 
-    fn json(&self) -> String {
-        serde_json::to_string(&self.done).unwrap_or_default()
+    /// `; steps done: […]` for the refusal, unless the client saw each step already.
+    fn tail(&self) -> String {
+        if self.progress.is_live() {
+            return String::new();
+        }
+        let json = serde_json::to_string(&self.done).unwrap_or_default();
+        format!("; steps done: {json}")
     }
 }
 
@@ -65,7 +70,7 @@ pub(crate) async fn deploy(
         ) {
             // Nothing was changed: a refused `set` leaves the slot as it was.
             steps.push("set upstreams", false, StepDetail::Upstreams(upstreams));
-            return Err(format!("set upstreams: {e}; steps done: {}", steps.json()));
+            return Err(format!("set upstreams: {e}{}", steps.tail()));
         }
         steps.push("set upstreams", true, StepDetail::Upstreams(upstreams));
         if let Some(v) = version {
@@ -121,8 +126,5 @@ pub(crate) async fn deploy(
         Err(e) => format!("{slot} NOT put back: {e}"),
     };
     tracing::warn!(slot = %slot, error = %failure, "deploy failed before its flip; {put_back}");
-    Err(format!(
-        "{failure}; {put_back}; steps done: {}",
-        steps.json()
-    ))
+    Err(format!("{failure}; {put_back}{}", steps.tail()))
 }

@@ -447,6 +447,7 @@ impl Control {
         for (what, changed) in [
             ("health", old.health != new.health),
             ("drain", old.drain != new.drain),
+            ("rollback", old.rollback != new.rollback),
             ("static", old.statics != new.statics),
             ("state", old.state_path != new.state_path),
             ("slots.default", old.default_slot != new.default_slot),
