@@ -9,7 +9,7 @@ use bascule_config::SlotName;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{Reply, SlotState, Status, StepDetail};
+use crate::{DeployReply, Reply, SlotState, Status, Step, StepDetail};
 
 /// Exit code: the command was carried out.
 pub const EXIT_OK: i32 = 0;
@@ -78,6 +78,25 @@ impl Client {
         Ok(reply.trim_end().to_string())
     }
 
+    /// Sends a command that reports progress; hands each progress line's step to `on_step` as
+    /// it arrives and returns the raw reply line that ends the exchange.
+    pub fn call_with_progress(
+        &mut self,
+        line: &str,
+        mut on_step: impl FnMut(&Step),
+    ) -> Result<String, CtlError> {
+        let mut raw = self.call_raw(line)?;
+        while let Some(step) = crate::progress_of(&raw) {
+            on_step(&step);
+            raw.clear();
+            if self.reader.read_line(&mut raw)? == 0 {
+                return Err(CtlError::NoReply);
+            }
+            raw.truncate(raw.trim_end().len());
+        }
+        Ok(raw)
+    }
+
     /// Sends one command line and reads the reply as `T`: `Ok(Err(error))` when the proxy
     /// refused the command.
     pub fn call<T: DeserializeOwned>(&mut self, line: &str) -> Result<Result<T, String>, CtlError> {
@@ -88,7 +107,16 @@ impl Client {
 
 /// Runs `bascule ctl`: sends `words` as one command, prints the reply, returns the exit code.
 pub fn run(socket: &Path, json: bool, words: &[String]) -> i32 {
-    let line = words.join(" ");
+    if words.first().map(String::as_str) == Some("monitor") {
+        return match crate::monitor::MonitorArgs::parse(&words[1..], json) {
+            Ok(args) => crate::monitor::run(socket, &args),
+            Err(e) => {
+                eprintln!("bascule ctl: {e}");
+                EXIT_USAGE
+            }
+        };
+    }
+    let mut line = words.join(" ");
     if line.trim().is_empty() {
         eprintln!("bascule ctl: give a command; `bascule ctl help` lists them");
         return EXIT_USAGE;
@@ -100,7 +128,21 @@ pub fn run(socket: &Path, json: bool, words: &[String]) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let reply = Client::connect(socket).and_then(|mut c| c.call_raw(&line));
+    // A person sees each deploy step as it ends; `--json` keeps the single reply line.
+    let live = !json && matches!(cmd, crate::Command::Deploy { .. });
+    if live && !cmd.reports_progress() {
+        line.push_str(" --progress");
+    }
+    let reply = Client::connect(socket).and_then(|mut c| {
+        if live {
+            c.call_with_progress(&line, |s| {
+                println!("{}", step_line(s));
+                let _ = io::stdout().flush();
+            })
+        } else {
+            c.call_raw(&line)
+        }
+    });
     let raw = match reply {
         Ok(raw) => raw,
         Err(e) => {
@@ -119,6 +161,8 @@ pub fn run(socket: &Path, json: bool, words: &[String]) -> i32 {
         Ok(reply) => {
             if json {
                 println!("{raw}");
+            } else if let (true, Reply::Deploy(d)) = (live, &reply) {
+                println!("{}", deploy_summary(d));
             } else {
                 print!("{}", human(&reply));
             }
@@ -149,7 +193,11 @@ fn warning(reply: &Reply) -> Option<&str> {
             StepDetail::Flip(f) => f.warning.as_deref(),
             _ => None,
         }),
-        Reply::Status(_) | Reply::Drain(_) | Reply::Health(_) | Reply::Help(_) => None,
+        Reply::Status(_)
+        | Reply::Drain(_)
+        | Reply::Health(_)
+        | Reply::Help(_)
+        | Reply::Stats(_) => None,
     }
 }
 
@@ -166,6 +214,36 @@ pub fn human(reply: &Reply) -> String {
                     out.push_str(&format!("  last error: {err}"));
                 }
                 out.push('\n');
+            }
+        }
+        Reply::Deploy(d) => {
+            for s in &d.steps {
+                out.push_str(&step_line(s));
+                out.push('\n');
+            }
+            out.push_str(&deploy_summary(d));
+            out.push('\n');
+        }
+        Reply::Stats(stats) => {
+            out.push_str(&format!(
+                "{:<6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}\n",
+                "SLOT", "REQUESTS", "2XX", "3XX", "4XX", "5XX", "INFLIGHT", "P50", "P90", "P99"
+            ));
+            for name in SlotName::ALL {
+                let s = stats.get(name);
+                out.push_str(&format!(
+                    "{:<6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.1}ms {:>7.1}ms {:>7.1}ms\n",
+                    name,
+                    s.requests,
+                    s.status.c2xx,
+                    s.status.c3xx,
+                    s.status.c4xx,
+                    s.status.c5xx,
+                    s.inflight,
+                    s.latency_ms.p50,
+                    s.latency_ms.p90,
+                    s.latency_ms.p99,
+                ));
             }
         }
         Reply::Help(help) => {
@@ -185,6 +263,45 @@ pub fn human(reply: &Reply) -> String {
     out
 }
 
+/// One deploy step for a person: name, outcome, duration and what it did.
+pub fn step_line(s: &Step) -> String {
+    let detail = match &s.detail {
+        StepDetail::Upstreams(a) => a.join(","),
+        StepDetail::Version(v) => v.clone(),
+        StepDetail::Flip(f) => format!(
+            "active {} (was {}), generation {}",
+            f.active,
+            f.previous.map_or("-".to_string(), |p| p.to_string()),
+            f.generation
+        ),
+        StepDetail::Drain { slot, inflight } => format!("{slot}: {inflight} in flight"),
+        StepDetail::None => String::new(),
+    };
+    format!(
+        "{:<14} {:<6} {:>7} ms  {}",
+        s.step,
+        if s.ok { "ok" } else { "FAILED" },
+        s.ms,
+        detail
+    )
+    .trim_end()
+    .to_string()
+}
+
+fn deploy_summary(d: &DeployReply) -> String {
+    let total: u64 = d.steps.iter().map(|s| s.ms).sum();
+    format!(
+        "deployed: {} active, generation {}, {} in {total} ms",
+        d.active,
+        d.generation,
+        if d.drained {
+            "old slot drained"
+        } else {
+            "old slot NOT drained"
+        },
+    )
+}
+
 fn status_table(s: &Status, out: &mut String) {
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     out.push_str(&format!(
@@ -194,6 +311,13 @@ fn status_table(s: &Status, out: &mut String) {
         s.generation,
         or_dash(s.last_switch.clone()),
     ));
+    if let Some(r) = &s.last_rollback {
+        out.pop();
+        out.push_str(&format!(
+            "last automatic rollback: {} {} -> {}: {}\n\n",
+            r.at, r.from, r.to, r.reason
+        ));
+    }
     out.push_str(&format!(
         "{:<6} {:<9} {:<10} {:>8}  {}\n",
         "SLOT", "STATE", "VERSION", "INFLIGHT", "UPSTREAMS"

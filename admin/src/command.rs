@@ -61,9 +61,13 @@ pub enum Command {
         version: Option<String>,
         /// Longest wait for health and for the drain.
         timeout: Option<Duration>,
+        /// Send each step as a progress line the moment it ends, before the reply.
+        progress: bool,
     },
     /// Re-read the config file.
     Reload,
+    /// Report per-slot request counts, status classes and latency since start.
+    Stats,
     /// List the commands.
     Help,
 }
@@ -95,9 +99,10 @@ pub const HELP: &[&str] = &[
     "drain SLOT [--wait] [--timeout DUR]",
     "health",
     "weights blue=N green=M",
-    "deploy SLOT --upstreams ADDR[,ADDR...] [--version V] [--timeout DUR]",
+    "deploy SLOT --upstreams ADDR[,ADDR...] [--version V] [--timeout DUR] [--progress]",
     "reload",
     "help",
+    "stats",
 ];
 
 fn fail<T>(msg: impl Into<String>) -> Result<T, ParseError> {
@@ -136,6 +141,11 @@ fn addresses(word: &str) -> Result<Vec<String>, ParseError> {
 }
 
 impl Command {
+    /// Whether the command sends progress lines before its reply.
+    pub fn reports_progress(&self) -> bool {
+        matches!(self, Command::Deploy { progress: true, .. })
+    }
+
     /// Parses one command line (without its newline).
     pub fn parse(line: &str) -> Result<Command, ParseError> {
         let mut words = line.split_whitespace();
@@ -148,6 +158,7 @@ impl Command {
             "status" => Command::Status,
             "health" => Command::Health,
             "reload" => Command::Reload,
+            "stats" => Command::Stats,
             "help" => Command::Help,
             "flip" => {
                 let usage = HELP[1];
@@ -244,7 +255,12 @@ impl Command {
                 let usage = HELP[9];
                 let slot = slot(args.next(), usage)?;
                 let (mut upstreams, mut version, mut timeout) = (None, None, None);
+                let mut progress = false;
                 while let Some(flag) = args.next() {
+                    if flag == "--progress" {
+                        progress = true;
+                        continue;
+                    }
                     match (flag, args.next()) {
                         ("--upstreams", Some(v)) => upstreams = Some(addresses(v)?),
                         ("--version", Some(v)) => version = Some(v.to_string()),
@@ -260,6 +276,7 @@ impl Command {
                     upstreams,
                     version,
                     timeout,
+                    progress,
                 }
             }
             other => return fail(format!("unknown command `{other}`; try `help`")),
@@ -324,12 +341,24 @@ mod tests {
                 slot: SlotName::Green,
                 upstreams: vec!["127.0.0.1:5".into()],
                 version: Some("2".into()),
-                timeout: Some(Duration::from_secs(60))
+                timeout: Some(Duration::from_secs(60)),
+                progress: false,
+            })
+        );
+        assert_eq!(
+            Command::parse("deploy blue --progress --upstreams 127.0.0.1:5"),
+            Ok(Command::Deploy {
+                slot: SlotName::Blue,
+                upstreams: vec!["127.0.0.1:5".into()],
+                version: None,
+                timeout: None,
+                progress: true,
             })
         );
         assert_eq!(Command::parse("  help  "), Ok(Command::Help));
         assert_eq!(Command::parse("reload"), Ok(Command::Reload));
         assert_eq!(Command::parse("health"), Ok(Command::Health));
+        assert_eq!(Command::parse("stats"), Ok(Command::Stats));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use bascule_config::SlotName;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::stats::StatsReply;
 use crate::Command;
 
 /// A successful reply, as the handler returns it.
@@ -33,6 +34,8 @@ pub enum Reply {
     Deploy(DeployReply),
     /// `reload`.
     Reload(ReloadReply),
+    /// `stats`.
+    Stats(StatsReply),
     /// `help`.
     Help(HelpReply),
 }
@@ -73,6 +76,22 @@ pub struct Status {
     pub weights: Option<Weights>,
     /// Both slots.
     pub slots: Slots,
+    /// The last automatic rollback, when there has been one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<LastRollback>,
+}
+
+/// An automatic rollback, in `status` and in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRollback {
+    /// RFC 3339 time it flipped back.
+    pub at: String,
+    /// The slot left.
+    pub from: SlotName,
+    /// The slot flipped back to.
+    pub to: SlotName,
+    /// Why: `5xx 47/50 = 94% > 5%`.
+    pub reason: String,
 }
 
 /// Both slots' status, by name.
@@ -255,6 +274,42 @@ pub struct Step {
     pub ok: bool,
     /// What it did.
     pub detail: StepDetail,
+    /// How long it took, milliseconds.
+    #[serde(default)]
+    pub ms: u64,
+}
+
+/// A line sent before the reply to a command that reports progress (`deploy --progress`):
+/// `{"ok":true,"progress":{…step…}}`. The reply itself never has a `progress` field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressLine {
+    /// Always true: the command is still going.
+    pub ok: bool,
+    /// The step that just ended.
+    pub progress: Step,
+}
+
+/// Tells a progress line from the reply that follows the progress lines.
+#[derive(Deserialize)]
+struct MaybeProgress {
+    #[serde(default)]
+    progress: Option<Step>,
+}
+
+/// The step a line carries when it is a progress line, `None` when it is the reply.
+pub fn progress_of(line: &str) -> Option<Step> {
+    serde_json::from_str::<MaybeProgress>(line)
+        .ok()
+        .and_then(|m| m.progress)
+}
+
+/// Serialises one progress line, without the trailing newline.
+pub fn progress_line(step: &Step) -> String {
+    serde_json::to_string(&ProgressLine {
+        ok: true,
+        progress: step.clone(),
+    })
+    .expect("steps serialise")
 }
 
 /// What a deploy step did.
@@ -351,6 +406,7 @@ impl Reply {
             Command::Weights { .. } => typed(line, Reply::Weights),
             Command::Deploy { .. } => typed(line, Reply::Deploy),
             Command::Reload => typed(line, Reply::Reload),
+            Command::Stats => typed(line, Reply::Stats),
             Command::Help => typed(line, Reply::Help),
         }
     }
@@ -393,6 +449,7 @@ mod tests {
                 blue: slot(SlotState::Active),
                 green: slot(SlotState::Idle),
             },
+            last_rollback: None,
         };
         let line = reply_line(&Ok(Reply::Status(status.clone())));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -428,11 +485,13 @@ mod tests {
                     step: "set upstreams".into(),
                     ok: true,
                     detail: StepDetail::Upstreams(vec!["127.0.0.1:1".into()]),
+                    ms: 2,
                 },
                 Step {
                     step: "healthy".into(),
                     ok: true,
                     detail: StepDetail::None,
+                    ms: 0,
                 },
                 Step {
                     step: "drain".into(),
@@ -441,11 +500,18 @@ mod tests {
                         slot: SlotName::Blue,
                         inflight: 0,
                     },
+                    ms: 10,
                 },
             ],
         };
         let line = reply_line(&Ok(Reply::Deploy(reply.clone())));
         assert!(line.contains(r#""detail":null"#), "{line}");
-        assert_eq!(parse_reply::<DeployReply>(&line).unwrap(), Ok(reply));
+        assert_eq!(
+            parse_reply::<DeployReply>(&line).unwrap(),
+            Ok(reply.clone())
+        );
+        assert_eq!(progress_of(&line), None);
+        let step = &reply.steps[0];
+        assert_eq!(progress_of(&progress_line(step)).as_ref(), Some(step));
     }
 }

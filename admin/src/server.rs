@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use crate::{reply_line, Command, Handler};
+use crate::{progress_line, reply_line, Command, Handler, Progress};
 
 /// Longest command line accepted, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -108,6 +108,9 @@ pub async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>) -
                 Err(_) => Err("command is not valid UTF-8".to_string()),
                 Ok(text) => match Command::parse(text.trim_end_matches('\r')) {
                     Err(e) => Err(e.0),
+                    Ok(cmd) if cmd.reports_progress() => {
+                        with_progress(&*handler, cmd, &mut write).await?
+                    }
                     Ok(cmd) => handler.handle(cmd).await,
                 },
             },
@@ -115,6 +118,36 @@ pub async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>) -
         let mut reply = reply_line(&outcome);
         reply.push('\n');
         write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// Runs `cmd`, writing a progress line for each step as it ends, and returns its outcome.
+async fn with_progress<H: Handler, W: tokio::io::AsyncWrite + Unpin>(
+    handler: &H,
+    cmd: Command,
+    write: &mut W,
+) -> io::Result<Result<crate::Reply, String>> {
+    let (progress, mut steps) = Progress::channel();
+    let run = handler.handle_with_progress(cmd, progress);
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            biased;
+            Some(step) = steps.recv() => {
+                let mut line = progress_line(&step);
+                line.push('\n');
+                write.write_all(line.as_bytes()).await?;
+            }
+            outcome = &mut run => {
+                // Steps sent just before the end are written before the reply.
+                while let Ok(step) = steps.try_recv() {
+                    let mut line = progress_line(&step);
+                    line.push('\n');
+                    write.write_all(line.as_bytes()).await?;
+                }
+                return Ok(outcome);
+            }
+        }
     }
 }
 

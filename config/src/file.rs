@@ -37,6 +37,8 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub(crate) limits: crate::edge::file::Limits,
     pub(crate) tls: Option<crate::tls::file::Tls>,
+    #[serde(default)]
+    pub(crate) rollback: crate::rollback::file::Rollback,
 }
 
 #[derive(Debug, Deserialize, Default)]

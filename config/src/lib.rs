@@ -12,6 +12,7 @@
 mod edge;
 mod error;
 mod file;
+mod rollback;
 mod slot;
 mod tls;
 mod validate;
@@ -23,6 +24,10 @@ pub use edge::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
 };
 pub use error::ConfigError;
+pub use rollback::{
+    RollbackConfig, DEFAULT_ROLLBACK_MAX_ERROR_RATIO, DEFAULT_ROLLBACK_MIN_REQUESTS,
+    DEFAULT_ROLLBACK_WINDOW,
+};
 pub use slot::{SlotName, UnknownSlot};
 pub use tls::{load_pair, CertError, CertPair, TlsConfig, TlsVersion};
 
@@ -108,6 +113,8 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     /// Limits on what a client may send.
     pub limits: LimitsConfig,
+    /// The automatic rollback.
+    pub rollback: RollbackConfig,
 }
 
 /// Process-level settings (`[server]`).

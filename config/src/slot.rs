@@ -40,7 +40,8 @@ impl SlotName {
 
 impl fmt::Display for SlotName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so that widths and alignment (`{:<6}`) line up tables.
+        f.pad(self.as_str())
     }
 }
 

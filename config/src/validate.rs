@@ -158,6 +158,7 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
     let routes = routes(f.routes, &blue, &green)?;
     let forwarding = crate::edge::forwarding(f.forwarding)?;
     let limits = crate::edge::limits(f.limits)?;
+    let rollback = crate::rollback::rollback(f.rollback)?;
 
     Ok(Config {
         source: None,
@@ -179,6 +180,7 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         routes,
         forwarding,
         limits,
+        rollback,
     })
 }
 

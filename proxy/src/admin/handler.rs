@@ -9,15 +9,18 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bascule_admin::{
-    Command, DeployReply, DrainReply, DrainTimes, FlipReply, Handler, HealthReply, HelpReply,
-    MemberHealth, ReloadReply, Reply, SetField, SetReply, SlotState, SlotStatus, Slots, Status,
-    Step, StepDetail, Upstream, Weights, WeightsReply, HELP,
+    Command, DrainReply, DrainTimes, FlipReply, Handler, HealthReply, HelpReply, LatencyBucket,
+    MemberHealth, Percentiles, Progress, ReloadReply, Reply, SetReply, SlotState, SlotStatus,
+    Slots, StatsReply, Status, StatusClasses, Upstream, Weights, WeightsReply, HELP,
 };
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
-use crate::control::{Applied, Control, ControlError, FlipOutcome};
+use crate::admin::deploy;
+use crate::control::{last_rollback, Applied, Control, ControlError, FlipOutcome};
+use crate::slots::metrics::Metrics;
 use crate::slots::routing::Routing;
+use crate::slots::stats::{StatsSnapshot, LATENCY_BOUNDS_US};
 use crate::SlotName;
 
 /// Longest `drain --wait` or `deploy` step when no `--timeout` is given.
@@ -93,6 +96,7 @@ fn status(r: &Routing) -> Status {
             blue: slot_status(r, SlotName::Blue),
             green: slot_status(r, SlotName::Green),
         },
+        last_rollback: r.last_rollback.as_deref().map(last_rollback),
     }
 }
 
@@ -113,7 +117,43 @@ fn health(r: &Routing) -> HealthReply {
     HealthReply { upstreams }
 }
 
-fn flip_reply(o: FlipOutcome, warning: Option<String>) -> FlipReply {
+fn slot_stats(r: &Routing, slot: SlotName, s: StatsSnapshot) -> bascule_admin::SlotStats {
+    let [c1xx, c2xx, c3xx, c4xx, c5xx] = s.classes;
+    let latency_buckets: Vec<LatencyBucket> = s
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, &count)| LatencyBucket {
+            le_ms: LATENCY_BOUNDS_US.get(i).map(|&us| us as f64 / 1000.0),
+            count,
+        })
+        .collect();
+    bascule_admin::SlotStats {
+        requests: s.requests(),
+        status: StatusClasses {
+            c1xx,
+            c2xx,
+            c3xx,
+            c4xx,
+            c5xx,
+        },
+        latency_ms: Percentiles::of(&latency_buckets),
+        inflight: r.counters.inflight(slot),
+        latency_buckets,
+    }
+}
+
+fn stats(r: &Routing, m: &Metrics) -> StatsReply {
+    let of = |slot| slot_stats(r, slot, m.stats.snapshot(slot));
+    StatsReply {
+        uptime_seconds: m.stats.uptime().as_secs_f64(),
+        blue: of(SlotName::Blue),
+        green: of(SlotName::Green),
+        preview_requests: 0,
+    }
+}
+
+pub(crate) fn flip_reply(o: FlipOutcome, warning: Option<String>) -> FlipReply {
     FlipReply {
         active: o.active,
         previous: o.previous,
@@ -125,7 +165,7 @@ fn flip_reply(o: FlipOutcome, warning: Option<String>) -> FlipReply {
 
 /// A change's outcome with the warning to show when it went live without being saved; any
 /// other error is the refusal's message.
-fn live<T>(
+pub(crate) fn live<T>(
     result: Result<T, ControlError>,
     take: impl FnOnce(Applied) -> Option<T>,
 ) -> Result<(T, Option<String>), String> {
@@ -138,99 +178,31 @@ fn live<T>(
     }
 }
 
-fn flip_of(a: Applied) -> Option<FlipOutcome> {
+pub(crate) fn flip_of(a: Applied) -> Option<FlipOutcome> {
     match a {
         Applied::Flip(o) => Some(o),
         _ => None,
     }
 }
 
-fn routing_of(a: Applied) -> Option<Arc<Routing>> {
+pub(crate) fn routing_of(a: Applied) -> Option<Arc<Routing>> {
     match a {
         Applied::Routing(r) => Some(r),
         _ => None,
     }
 }
 
-impl AdminHandler {
-    async fn deploy(
-        &self,
-        slot: SlotName,
-        upstreams: Vec<String>,
-        version: Option<String>,
-        timeout: Option<Duration>,
-    ) -> Result<DeployReply, String> {
-        let timeout = timeout.unwrap_or(DEFAULT_WAIT);
-        let steps = Mutex::new(Vec::<Step>::new());
-        let step = |name: &str, ok: bool, detail: StepDetail| {
-            steps.lock().unwrap_or_else(|p| p.into_inner()).push(Step {
-                step: name.into(),
-                ok,
-                detail,
-            });
-        };
-        let fail = |msg: String| -> Result<DeployReply, String> {
-            let done = steps.lock().unwrap_or_else(|p| p.into_inner());
-            let done = serde_json::to_string(&*done).unwrap_or_default();
-            Err(format!("{msg}; steps done: {done}"))
-        };
-        let set = |field| self.control.set(slot, field, false);
-        if let Err(e) = live(
-            set(SetField::Upstreams(upstreams.clone())).await,
-            routing_of,
-        ) {
-            return fail(format!("set upstreams: {e}"));
-        }
-        step("set upstreams", true, StepDetail::Upstreams(upstreams));
-        if let Some(v) = version {
-            if let Err(e) = live(set(SetField::Version(v.clone())).await, routing_of) {
-                return fail(format!("set version: {e}"));
-            }
-            step("set version", true, StepDetail::Version(v));
-        }
-        if !self.control.wait_healthy(slot, timeout).await {
-            let why = self.control.refusal(slot).await.unwrap_or_default();
-            return fail(format!(
-                "{slot} did not become healthy within {}: {why}",
-                humantime::format_duration(timeout)
-            ));
-        }
-        step("healthy", true, StepDetail::None);
-        let from = self.control.load().active;
-        // The flip starts its drain watch: the drain timeout applies to a deploy too.
-        let (outcome, warning) = match live(self.control.flip(slot, false, None).await, flip_of) {
-            Ok(o) => o,
-            Err(e) => return fail(format!("flip: {e}")),
-        };
-        step(
-            "flip",
-            true,
-            StepDetail::Flip(flip_reply(outcome.clone(), warning)),
-        );
-        let counters = self.control.load().counters.clone();
-        let drained = from == slot || counters.wait_drained(from, timeout).await;
-        let inflight = counters.inflight(from);
-        step(
-            "drain",
-            drained,
-            StepDetail::Drain {
-                slot: from,
-                inflight,
-            },
-        );
-        Ok(DeployReply {
-            active: outcome.active,
-            previous: outcome.previous,
-            generation: outcome.generation,
-            drained,
-            steps: steps.into_inner().unwrap_or_else(|p| p.into_inner()),
-        })
-    }
-}
-
 #[async_trait]
 impl Handler for AdminHandler {
     async fn handle(&self, cmd: Command) -> Result<Reply, String> {
+        self.handle_with_progress(cmd, Progress::none()).await
+    }
+
+    async fn handle_with_progress(
+        &self,
+        cmd: Command,
+        progress: Progress,
+    ) -> Result<Reply, String> {
         let c = &self.control;
         let reply = match cmd {
             Command::Status => Reply::Status(status(&c.load())),
@@ -292,7 +264,13 @@ impl Handler for AdminHandler {
                 upstreams,
                 version,
                 timeout,
-            } => Reply::Deploy(self.deploy(slot, upstreams, version, timeout).await?),
+                progress: _,
+            } => {
+                let timeout = timeout.unwrap_or(DEFAULT_WAIT);
+                let d = deploy::deploy(c, slot, upstreams, version, timeout, &progress);
+                Reply::Deploy(d.await?)
+            }
+            Command::Stats => Reply::Stats(stats(&c.load(), c.metrics())),
             Command::Reload => {
                 let take = |a| match a {
                     Applied::Reload(changes) => Some(changes),

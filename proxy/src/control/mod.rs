@@ -9,16 +9,18 @@
 //! cannot be written: the caller gets [`ControlError::NotPersisted`] carrying the outcome, and
 //! says so to the user instead of pretending the change failed.
 
+mod auto_rollback;
 mod drain_watch;
 mod error;
 pub mod health_check;
 pub mod state;
 
+pub use auto_rollback::last_rollback;
 pub use error::{Applied, ControlError};
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -28,7 +30,7 @@ use bascule_config::{Config, HealthConfig};
 use crate::slots::certs::Certs;
 use crate::slots::counters::SlotCounters;
 use crate::slots::metrics::Metrics;
-use crate::slots::routing::{Pool, Routing, Slot};
+use crate::slots::routing::{Pool, RollbackRecord, Routing, Slot};
 use crate::SlotName;
 use error::saved;
 use state::{PersistedSlot, PersistedState, StateError};
@@ -54,7 +56,14 @@ pub struct Control {
     metrics: Arc<Metrics>,
     /// The https listeners' certificates, reloaded with the config.
     certs: std::sync::OnceLock<Arc<Certs>>,
+    /// This control, for the tasks it starts.
+    me: Weak<Control>,
+    /// Bumped by every flip and weights change: a rollback watch stands down when it moved.
+    watch_token: AtomicU64,
 }
+
+/// Proof that the caller holds [`Control`]'s write lock.
+type WriteGuard<'a> = tokio::sync::MutexGuard<'a, ()>;
 
 impl Control {
     /// Builds the first snapshot from `config`, overlaid with the state file when there is one.
@@ -100,14 +109,20 @@ impl Control {
             routes: config.routes.clone().into(),
             counters,
             split: Arc::new(AtomicUsize::new(0)),
+            last_rollback: persisted
+                .as_ref()
+                .and_then(|p| p.last_rollback.as_ref())
+                .and_then(auto_rollback::record_of),
         };
         metrics.set_active(routing.active);
-        let control = Arc::new(Control {
+        let control = Arc::new_cyclic(|me| Control {
             routing: ArcSwap::from_pointee(routing),
             config: ArcSwap::from_pointee(config),
             write: tokio::sync::Mutex::new(()),
             metrics,
             certs: std::sync::OnceLock::new(),
+            me: me.clone(),
+            watch_token: AtomicU64::new(0),
         });
         Ok((control, warning))
     }
@@ -183,6 +198,7 @@ impl Control {
             generation: r.generation,
             weights: r.weights,
             slots,
+            last_rollback: r.last_rollback.as_deref().map(auto_rollback::last_rollback),
         };
         state::save(path, &persisted)
     }
@@ -199,6 +215,7 @@ impl Control {
             routes: r.routes.clone(),
             counters: r.counters.clone(),
             split: r.split.clone(),
+            last_rollback: r.last_rollback.clone(),
         }
     }
 
@@ -215,7 +232,26 @@ impl Control {
                 return Err(ControlError::Refused(why));
             }
         }
-        let _w = self.write.lock().await;
+        let w = self.write.lock().await;
+        let outcome = self.apply_flip(&w, slot, drain_timeout, None);
+        if outcome.as_ref().is_ok_and(|o| o.changed)
+            || matches!(&outcome, Err(ControlError::NotPersisted { .. }))
+        {
+            let back_to = self.load().previous;
+            self.watch_change(&w, back_to.map(|b| (slot, b)));
+        }
+        outcome
+    }
+
+    /// The flip itself, under the write lock; `rollback` is the record of an automatic
+    /// rollback, kept in the snapshot.
+    fn apply_flip(
+        &self,
+        _w: &WriteGuard<'_>,
+        slot: SlotName,
+        drain_timeout: Option<Duration>,
+        rollback: Option<RollbackRecord>,
+    ) -> Result<FlipOutcome, ControlError> {
         let current = self.routing.load_full();
         if current.active == slot && current.weights.is_none() {
             return Ok(FlipOutcome {
@@ -226,6 +262,9 @@ impl Control {
             });
         }
         let mut next = Self::derive(&current);
+        if let Some(r) = rollback {
+            next.last_rollback = Some(Arc::new(r));
+        }
         let from = current.active;
         next.active = slot;
         next.weights = None;
@@ -320,13 +359,40 @@ impl Control {
         saved(published, unsaved, Applied::Routing)
     }
 
+    /// Puts `previous` back as `slot` (its upstreams with their health records, version and
+    /// static root): what a deploy that failed before its flip does. Refused once the slot
+    /// takes traffic, whose parts are then no longer the deploy's to undo.
+    pub async fn restore(
+        &self,
+        slot: SlotName,
+        previous: Arc<Slot>,
+    ) -> Result<Arc<Routing>, ControlError> {
+        let _w = self.write.lock().await;
+        let current = self.routing.load_full();
+        if current.takes_traffic(slot) {
+            return Err(ControlError::Refused(format!(
+                "{slot} takes traffic; it is not put back"
+            )));
+        }
+        let mut next = Self::derive(&current);
+        next.slots[slot.index()] = previous;
+        let (published, unsaved) = self.publish(next);
+        tracing::info!(slot = %slot, generation = published.generation, "slot put back");
+        saved(published, unsaved, Applied::Routing)
+    }
+
     /// Splits new requests `blue:green`.
     pub async fn weights(&self, blue: u32, green: u32) -> Result<Arc<Routing>, ControlError> {
-        let _w = self.write.lock().await;
+        let w = self.write.lock().await;
         let current = self.routing.load_full();
         let mut next = Self::derive(&current);
         next.weights = Some([blue, green]);
         let (published, unsaved) = self.publish(next);
+        // The canary, the slot beside the active one that now takes traffic, is watched.
+        let active = published.active;
+        let canary = active.other();
+        let watched = (published.takes_traffic(canary)).then_some((canary, active));
+        self.watch_change(&w, watched);
         saved(published, unsaved, Applied::Routing)
     }
 
@@ -395,6 +461,7 @@ impl Control {
         for (what, changed) in [
             ("health", old.health != new.health),
             ("drain", old.drain != new.drain),
+            ("rollback", old.rollback != new.rollback),
             ("static", old.statics != new.statics),
             ("state", old.state_path != new.state_path),
             ("slots.default", old.default_slot != new.default_slot),

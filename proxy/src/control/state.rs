@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use bascule_admin::LastRollback;
+
 use crate::SlotName;
 
 /// Runtime state worth keeping across a restart.
@@ -29,6 +31,9 @@ pub struct PersistedState {
     pub weights: Option<[u32; 2]>,
     /// Each slot's runtime parts, by name.
     pub slots: BTreeMap<SlotName, PersistedSlot>,
+    /// The last automatic rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<LastRollback>,
 }
 
 /// One slot's runtime parts.
@@ -141,6 +146,12 @@ mod tests {
             generation: 7,
             weights: None,
             slots,
+            last_rollback: Some(LastRollback {
+                at: "2026-01-01T00:00:01Z".into(),
+                from: SlotName::Green,
+                to: SlotName::Blue,
+                reason: "5xx 47/50 = 94% > 5%".into(),
+            }),
         };
         save(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), Some(state));

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::slots::routing::Routing;
+use crate::slots::stats::Stats;
 use crate::SlotName;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -29,6 +30,10 @@ pub struct Metrics {
     pub drain_duration: Histogram,
     /// Idle client connections parked outside their tasks (updated once a second).
     pub parked: IntGauge,
+    /// Automatic rollbacks since start.
+    pub auto_rollbacks: IntCounter,
+    /// Per-slot counts and latency histogram, for `stats` and the automatic rollback.
+    pub stats: Stats,
 }
 
 impl Metrics {
@@ -94,6 +99,11 @@ impl Metrics {
             "Idle keep-alive client connections waiting outside their tasks",
         )
         .expect("valid metric");
+        let auto_rollbacks = IntCounter::new(
+            "bascule_auto_rollbacks_total",
+            "Flips back made by the automatic rollback since start",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -103,6 +113,7 @@ impl Metrics {
             Box::new(flips.clone()),
             Box::new(drain_duration.clone()),
             Box::new(parked.clone()),
+            Box::new(auto_rollbacks.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -121,6 +132,8 @@ impl Metrics {
             flips,
             drain_duration,
             parked,
+            auto_rollbacks,
+            stats: Stats::default(),
         })
     }
 
@@ -141,6 +154,7 @@ impl Metrics {
                 .inc(),
         }
         self.durations[slot.index()].observe(elapsed.as_secs_f64());
+        self.stats.observe(slot, code, elapsed);
     }
 
     /// Marks `slot` as the active one.

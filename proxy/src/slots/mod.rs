@@ -11,4 +11,5 @@ pub mod health;
 pub(crate) mod idle;
 pub mod metrics;
 pub mod routing;
+pub mod stats;
 pub mod upgraded;

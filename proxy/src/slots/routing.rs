@@ -39,6 +39,21 @@ pub struct Routing {
     pub counters: Arc<SlotCounters>,
     /// Round-robin position of the weighted split, shared by all snapshots.
     pub split: Arc<AtomicUsize>,
+    /// The last automatic rollback, if there has been one.
+    pub last_rollback: Option<Arc<RollbackRecord>>,
+}
+
+/// An automatic rollback: when, between which slots, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollbackRecord {
+    /// When it flipped back.
+    pub at: SystemTime,
+    /// The slot left (the one that answered too many 5xx).
+    pub from: SlotName,
+    /// The slot flipped back to.
+    pub to: SlotName,
+    /// Why, as `5xx 47/50 = 94% > 5%`.
+    pub reason: String,
 }
 
 impl Routing {
