@@ -36,6 +36,7 @@ pub(crate) struct FileConfig {
     pub(crate) forwarding: crate::edge::file::Forwarding,
     #[serde(default)]
     pub(crate) limits: crate::edge::file::Limits,
+    pub(crate) access_log: Option<crate::access_log::file::AccessLog>,
 }
 
 #[derive(Debug, Deserialize, Default)]

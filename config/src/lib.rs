@@ -9,6 +9,7 @@
 //! proxy's state file (active slot, runtime upstreams and versions) wins over `[slots]`; that
 //! merge belongs to the proxy, not to this crate.
 
+mod access_log;
 mod edge;
 mod error;
 mod file;
@@ -17,6 +18,7 @@ mod validate;
 
 pub use validate::check_upstream;
 
+pub use access_log::{AccessLogConfig, AccessLogFormat, AccessLogPath, DEFAULT_ACCESS_LOG_BUFFER};
 pub use edge::{
     ForwardingConfig, LimitsConfig, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
@@ -100,6 +102,8 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     /// Limits on what a client may send.
     pub limits: LimitsConfig,
+    /// The access log, when on.
+    pub access_log: Option<AccessLogConfig>,
 }
 
 /// Process-level settings (`[server]`).

@@ -374,3 +374,34 @@ fn route_cache_control_must_be_a_header_of_directives() {
     );
     assert!(msg.contains("only a `static` route"), "{msg}");
 }
+
+#[test]
+fn access_log_table() {
+    assert_eq!(parse("", "t.toml").unwrap().access_log, None);
+    let c = parse("[access_log]\npath = \"-\"\n", "t.toml").unwrap();
+    assert_eq!(
+        c.access_log,
+        Some(AccessLogConfig {
+            path: AccessLogPath::Stdout,
+            format: AccessLogFormat::Combined,
+            buffer: DEFAULT_ACCESS_LOG_BUFFER,
+        })
+    );
+    let c = parse(
+        "[access_log]\npath = \"/var/log/a.log\"\nformat = \"json\"\nbuffer = 4\n",
+        "t.toml",
+    )
+    .unwrap();
+    let log = c.access_log.unwrap();
+    assert_eq!(log.path, AccessLogPath::File("/var/log/a.log".into()));
+    assert_eq!((log.format, log.buffer), (AccessLogFormat::Json, 4));
+    let (line, col, msg) = invalid("[access_log]\npath = \"-\"\nformat = \"common\"\n");
+    assert_eq!((line, col), (3, 10));
+    assert!(msg.starts_with("access_log.format: `common`"), "{msg}");
+    let (line, _, msg) = invalid("[access_log]\npath = \"\"\n");
+    assert_eq!(line, 2);
+    assert!(msg.starts_with("access_log.path:"), "{msg}");
+    let (line, _, msg) = invalid("[access_log]\npath = \"-\"\nbuffer = 0\n");
+    assert_eq!(line, 3);
+    assert!(msg.starts_with("access_log.buffer:"), "{msg}");
+}

@@ -147,6 +147,10 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
     let routes = routes(f.routes, &blue, &green)?;
     let forwarding = crate::edge::forwarding(f.forwarding)?;
     let limits = crate::edge::limits(f.limits)?;
+    let access_log = f
+        .access_log
+        .map(crate::access_log::access_log)
+        .transpose()?;
 
     Ok(Config {
         source: None,
@@ -165,6 +169,7 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
         routes,
         forwarding,
         limits,
+        access_log,
     })
 }
 

@@ -14,7 +14,7 @@ use bascule_tests::raw::{
     echo, has_bare_lf, response, show, Action, End, Exchange, Nginx, RawClient, RawResponse,
     Received, ScriptedUpstream,
 };
-use bascule_tests::{Proxy, ProxyConfig};
+use bascule_tests::{Mode, Proxy, ProxyConfig, MODES};
 
 #[path = "corpus/failover.rs"]
 mod failover;
@@ -37,33 +37,6 @@ mod routing;
 const PRIVATE: &str = "PRIVATE STATIC FILE\n";
 /// Longest wait for one exchange.
 const READ: Duration = Duration::from_secs(3);
-
-/// Which of Bascule's request paths a connection takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// The default: GET/HEAD without a body on the fast path, the rest handed over.
-    Fast,
-    /// `[server] fast_path = false`: everything through Pingora's full proxy.
-    Full,
-}
-
-const MODES: [Mode; 2] = [Mode::Fast, Mode::Full];
-
-impl Mode {
-    fn server(self) -> String {
-        match self {
-            Mode::Fast => String::new(),
-            Mode::Full => "fast_path = false\n".into(),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Fast => "fast",
-            Mode::Full => "full",
-        }
-    }
-}
 
 /// Routes every edge in this file uses: `/private` static, the rest upstream.
 const ROUTES: &str = "[[routes]]\nprefix = \"/private\"\nto = \"static\"\n\n\

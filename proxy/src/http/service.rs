@@ -6,7 +6,7 @@
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use ::pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use crate::control::Control;
 use crate::slots::counters::InflightGuard;
 use crate::slots::routing::Routing;
 use crate::statics::StaticFiles;
+use crate::wire::access_log::{AccessLog, Entry, LogRequest};
 use crate::wire::retry::{Failure, Retries};
 use crate::wire::{error_body, forward, pingora};
 use crate::SlotName;
@@ -34,11 +35,18 @@ pub struct Bascule {
     statics: Arc<StaticFiles>,
     limits: LimitsConfig,
     forwarding: ForwardingConfig,
+    /// `[access_log]`, when on.
+    log: Option<Arc<AccessLog>>,
 }
 
 impl Bascule {
-    /// A proxy over `control`'s snapshots, serving static routes with `statics`.
-    pub fn new(control: Arc<Control>, statics: Arc<StaticFiles>) -> Bascule {
+    /// A proxy over `control`'s snapshots, serving static routes with `statics`, logging
+    /// every request to `log`.
+    pub fn new(
+        control: Arc<Control>,
+        statics: Arc<StaticFiles>,
+        log: Option<Arc<AccessLog>>,
+    ) -> Bascule {
         let config = control.config();
         Bascule {
             slot_header: config
@@ -50,6 +58,7 @@ impl Bascule {
             limits: config.limits.clone(),
             forwarding: config.forwarding.clone(),
             control,
+            log,
         }
     }
 
@@ -93,6 +102,10 @@ pub struct RequestCtx {
     upstream_fd: Option<RawFd>,
     /// Key of this connection among the slot's upgraded connections.
     upgraded: Option<u64>,
+    /// An upstream's response head reached the response phase.
+    upstream_answered: bool,
+    /// The head as the client sent it, for the access log (copied before it is rewritten).
+    log_request: Option<Box<LogRequest>>,
     start: Instant,
 }
 
@@ -145,6 +158,8 @@ impl ProxyHttp for Bascule {
             body_bytes: 0,
             upstream_fd: None,
             upgraded: None,
+            upstream_answered: false,
+            log_request: None,
             start: Instant::now(),
         }
     }
@@ -163,6 +178,9 @@ impl ProxyHttp for Bascule {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        if self.log.is_some() {
+            ctx.log_request = Some(Box::new(LogRequest::from_pingora(session.req_header())));
+        }
         let mode = forward::mode(
             &self.forwarding,
             peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
@@ -313,6 +331,7 @@ impl ProxyHttp for Bascule {
             .and_then(|h| std::str::from_utf8(h).ok());
         pingora::clean_response(upstream_response, slot_header);
         self.tag(upstream_response, ctx.slot);
+        ctx.upstream_answered = true;
         if upstream_response.status == 101 {
             if let (Some(fd), Some(r)) = (ctx.upstream_fd.take(), &ctx.routing) {
                 ctx.upgraded = r.counters.upgraded.register(ctx.slot, fd);
@@ -346,15 +365,36 @@ impl ProxyHttp for Bascule {
         }
     }
 
-    /// Last hook of every request, whatever its outcome: metrics. The in-flight guard drops
-    /// with the context right after.
+    /// Last hook of every request, whatever its outcome: metrics (of a request given to a
+    /// slot) and the access log line (of every request, refused ones too). The in-flight guard
+    /// drops with the context right after.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        if ctx.guard.is_none() {
-            return;
-        }
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.control
-            .metrics()
-            .observe(ctx.slot, code, ctx.start.elapsed());
+        let elapsed = ctx.start.elapsed();
+        if ctx.guard.is_some() {
+            self.control.metrics().observe(ctx.slot, code, elapsed);
+        }
+        let Some(log) = &self.log else { return };
+        let request = ctx
+            .log_request
+            .take()
+            .unwrap_or_else(|| Box::new(LogRequest::from_pingora(session.req_header())));
+        let upstream = match (ctx.upstream_answered, ctx.member, &ctx.routing) {
+            (true, Some(i), Some(r)) => r.slot(ctx.slot).pool.members().get(i),
+            _ => None,
+        };
+        log.log(Entry {
+            time: SystemTime::now() - elapsed,
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            request,
+            status: code,
+            bytes: session.body_bytes_sent() as u64,
+            duration: elapsed,
+            slot: ctx.guard.is_some().then_some(ctx.slot),
+            upstream: upstream.map(|m| m.address.clone()),
+        });
     }
 }

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub drain_duration: Histogram,
     /// Idle client connections parked outside their tasks (updated once a second).
     pub parked: IntGauge,
+    /// Access log lines dropped because the writer's buffer was full.
+    pub access_log_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -94,6 +96,11 @@ impl Metrics {
             "Idle keep-alive client connections waiting outside their tasks",
         )
         .expect("valid metric");
+        let access_log_dropped = IntCounter::new(
+            "bascule_access_log_dropped_total",
+            "Access log lines dropped because the writer's buffer was full",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -103,6 +110,7 @@ impl Metrics {
             Box::new(flips.clone()),
             Box::new(drain_duration.clone()),
             Box::new(parked.clone()),
+            Box::new(access_log_dropped.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -121,6 +129,7 @@ impl Metrics {
             flips,
             drain_duration,
             parked,
+            access_log_dropped,
         })
     }
 

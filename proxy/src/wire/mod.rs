@@ -4,6 +4,7 @@
 //! proxy writes itself (the `Date` line, its own error responses). Knows nothing of slots or
 //! snapshots; both request paths call into it, so each rule exists once.
 
+pub mod access_log;
 pub(crate) mod chunked;
 pub(crate) mod forward;
 pub mod invariants;

@@ -15,9 +15,10 @@ mod park;
 mod request;
 mod upstream;
 
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bascule_config::{ForwardingConfig, LimitsConfig, RouteTarget};
@@ -35,6 +36,7 @@ use crate::control::Control;
 use crate::http::service::Bascule;
 use crate::slots::routing::{Member, Routing};
 use crate::statics::StaticFiles;
+use crate::wire::access_log::{AccessLog, Entry, LogRequest};
 use crate::wire::forward::{self, Peer};
 use crate::wire::request::Forwarding;
 use crate::wire::retry::{Failure, Retries};
@@ -72,6 +74,8 @@ pub struct FastApp {
     forwarding: ForwardingConfig,
     /// The idle set, started by the first connection parked; `None` if it could not start.
     parking: OnceLock<Option<Arc<Parking>>>,
+    /// `[access_log]`, when on.
+    log: Option<Arc<AccessLog>>,
 }
 
 impl FastApp {
@@ -80,6 +84,7 @@ impl FastApp {
         control: Arc<Control>,
         statics: Arc<StaticFiles>,
         full: HttpProxy<Bascule>,
+        log: Option<Arc<AccessLog>>,
     ) -> FastApp {
         let config = control.config();
         let server = &config.server;
@@ -99,6 +104,7 @@ impl FastApp {
             statics,
             full: Arc::new(full),
             parking: OnceLock::new(),
+            log,
         }
     }
 
@@ -125,12 +131,12 @@ impl FastApp {
     }
 
     /// What becomes of a client's forwarded headers, decided once per connection.
-    fn forwarding_of(&self, client: &L4Stream) -> (Forwarding, Peer) {
+    fn forwarding_of(&self, client: &L4Stream) -> (Forwarding, Peer, IpAddr) {
         let addr = client
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        (forward::mode(&self.forwarding, addr), Peer::new(addr))
+        (forward::mode(&self.forwarding, addr), Peer::new(addr), addr)
     }
 }
 
@@ -138,6 +144,29 @@ impl FastApp {
 enum Next {
     KeepAlive,
     Close,
+}
+
+/// How a request was answered: for the metrics and the access log.
+struct Answered<'r> {
+    /// 0 when no response head could be written.
+    status: u16,
+    next: Next,
+    /// Body bytes written to the client.
+    bytes: u64,
+    /// The upstream member that answered.
+    member: Option<&'r Member>,
+}
+
+impl<'r> Answered<'r> {
+    /// The proxy's own error response, written by [`FastApp::respond_error`].
+    fn error(status: u16) -> Answered<'r> {
+        Answered {
+            status,
+            next: Next::Close,
+            bytes: error_body(status).len() as u64,
+            member: None,
+        }
+    }
 }
 
 #[async_trait]
@@ -173,7 +202,7 @@ impl FastApp {
         mut client: Box<L4Stream>,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (forwarding, peer) = self.forwarding_of(&client);
+        let (forwarding, peer, client_ip) = self.forwarding_of(&client);
         let mut buf = BytesMut::new();
         // The upstream request head, written from the checked fields; reused across requests.
         let mut scratch = Vec::new();
@@ -190,6 +219,7 @@ impl FastApp {
                         forwarding,
                         peer: &peer,
                         is_static: &is_static,
+                        log: self.log.is_some(),
                     };
                     match request::parse(&buf, &policy, &mut scratch) {
                         Head::Partial => {}
@@ -231,7 +261,9 @@ impl FastApp {
                     match tokio::time::timeout_at(deadline.into(), read).await {
                         Ok(r) => Ok(r),
                         Err(_) => {
-                            self.refuse(&mut client, Reject::HeadTimeout).await;
+                            let why = Reject::HeadTimeout;
+                            self.refuse(&mut client, why, &buf, client_ip, started)
+                                .await;
                             return None;
                         }
                     }
@@ -241,11 +273,12 @@ impl FastApp {
                     _ => return None,
                 }
             };
-            let req = match head {
+            let mut req = match head {
                 Head::Fast(req) => req,
                 Head::Partial => unreachable!("the loop above ends on a complete head"),
                 Head::Reject(r) => {
-                    self.refuse(&mut client, r).await;
+                    let started = head_started.unwrap_or_else(Instant::now);
+                    self.refuse(&mut client, r, &buf, client_ip, started).await;
                     return None;
                 }
                 // Boxed: Pingora's session future is large, and inline it would size every
@@ -253,7 +286,7 @@ impl FastApp {
                 Head::Handover => return Box::pin(self.hand_over(client, &buf, shutdown)).await,
             };
             let next = self
-                .serve(&mut client, &buf, &req, &routing, &scratch)
+                .serve(&mut client, &buf, &mut req, &routing, &scratch, client_ip)
                 .await;
             drop(routing);
             let _ = buf.split_to(req.head_len);
@@ -307,16 +340,18 @@ impl FastApp {
         &self,
         client: &mut L4Stream,
         buf: &[u8],
-        req: &Request,
+        req: &mut Request,
         routing: &Arc<Routing>,
         head: &[u8],
+        client_ip: IpAddr,
     ) -> Next {
         let start = Instant::now();
         let slot = routing.pick_slot();
         let _guard = routing.counters.enter(slot);
-        let (status, next) = match (&req.statics, routing.route(req.path.get(buf))) {
+        let done = match (&req.statics, routing.route(req.path.get(buf))) {
             (Some(header), Some(route)) => {
                 let resp = self.statics.answer(header, routing, slot, route).await;
+                let bytes = resp.body_len(req.head_method);
                 let mut extra = Vec::with_capacity(48);
                 self.slot_line(slot, &mut extra);
                 if req.close {
@@ -331,33 +366,49 @@ impl FastApp {
                 } else {
                     Next::KeepAlive
                 };
-                (status, next)
+                Answered {
+                    status,
+                    next,
+                    bytes,
+                    member: None,
+                }
             }
             _ => self.proxy(client, req, routing, slot, head).await,
         };
-        self.control
-            .metrics()
-            .observe(slot, status, start.elapsed());
-        next
+        let elapsed = start.elapsed();
+        self.control.metrics().observe(slot, done.status, elapsed);
+        if let Some(log) = &self.log {
+            log.log(Entry {
+                time: SystemTime::now() - elapsed,
+                client: Some(client_ip),
+                request: req.log.take().unwrap_or_default(),
+                status: done.status,
+                bytes: done.bytes,
+                duration: elapsed,
+                slot: Some(slot),
+                upstream: done.member.map(|m| m.address.clone()),
+            });
+        }
+        done.next
     }
 
     /// Relays the request to a member of `slot` and the response back, trying other members
     /// by the shared retry rules while nothing has reached the client.
-    async fn proxy(
+    async fn proxy<'r>(
         &self,
         client: &mut L4Stream,
         req: &Request,
-        routing: &Routing,
+        routing: &'r Routing,
         slot: SlotName,
         head: &[u8],
-    ) -> (u16, Next) {
+    ) -> Answered<'r> {
         let pool = &routing.slot(slot).pool;
         let epoch = routing.counters.exchanges.cut_epoch(slot);
         let mut retries = Retries::default();
         let mut fresh_only = false;
         loop {
             let Some(i) = pool.pick(retries.skip()) else {
-                return (self.respond_error(client, slot, 503).await, Next::Close);
+                return Answered::error(self.respond_error(client, slot, 503).await);
             };
             let member = &pool.members()[i];
             let failure = match self
@@ -369,14 +420,14 @@ impl FastApp {
             };
             // A slot whose drain timed out is not retried on: its exchanges were cut on purpose.
             if routing.counters.exchanges.cut_epoch(slot) != epoch {
-                return (self.respond_error(client, slot, 503).await, Next::Close);
+                return Answered::error(self.respond_error(client, slot, 503).await);
             }
             // GET and HEAD only here: always replayable until a response byte is sent.
             match retries.after(failure, i, pool.members().len(), true) {
                 Some(again) => fresh_only = again.fresh_only,
                 None => {
                     let code = failure.status();
-                    return (self.respond_error(client, slot, code).await, Next::Close);
+                    return Answered::error(self.respond_error(client, slot, code).await);
                 }
             }
         }
@@ -384,16 +435,16 @@ impl FastApp {
 
     /// One attempt on `member`. Errors are returned only while nothing has reached the client.
     #[allow(clippy::too_many_arguments)]
-    async fn attempt(
+    async fn attempt<'r>(
         &self,
         client: &mut L4Stream,
         req: &Request,
         routing: &Routing,
         slot: SlotName,
-        member: &Member,
+        member: &'r Member,
         fresh_only: bool,
         head: &[u8],
-    ) -> Result<(u16, Next), Failure> {
+    ) -> Result<Answered<'r>, Failure> {
         let exchanges = &routing.counters.exchanges;
         let mut ex: Exchange<'_> =
             upstream::send(member, exchanges, slot, fresh_only, head).await?;
@@ -422,7 +473,12 @@ impl FastApp {
         } else {
             Next::Close
         };
-        Ok((h.status, next))
+        Ok(Answered {
+            status: h.status,
+            next,
+            bytes: done.sent,
+            member: Some(member),
+        })
     }
 
     /// The proxy's own error response, tagged with the slot; the connection closes after it.
@@ -436,11 +492,33 @@ impl FastApp {
         code
     }
 
-    /// Answers a request the policy refused; the connection closes after it.
-    async fn refuse(&self, client: &mut L4Stream, why: Reject) {
+    /// Answers a request the policy refused (its head, as read, at the start of `buf`); the
+    /// connection closes after it.
+    async fn refuse(
+        &self,
+        client: &mut L4Stream,
+        why: Reject,
+        buf: &[u8],
+        client_ip: IpAddr,
+        started: Instant,
+    ) {
         let mut out = Vec::with_capacity(256);
-        own_response_h1(why.status(), &format!("{why}\n"), b"", &mut out);
+        let body = format!("{why}\n");
+        own_response_h1(why.status(), &body, b"", &mut out);
         let _ = client.write_all(&out).await;
         let _ = client.flush().await;
+        if let Some(log) = &self.log {
+            let duration = started.elapsed();
+            log.log(Entry {
+                time: SystemTime::now() - duration,
+                client: Some(client_ip),
+                request: Box::new(LogRequest::from_raw(buf)),
+                status: why.status(),
+                bytes: body.len() as u64,
+                duration,
+                slot: None,
+                upstream: None,
+            });
+        }
     }
 }
