@@ -37,6 +37,8 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub(crate) limits: crate::edge::file::Limits,
     pub(crate) access_log: Option<crate::access_log::file::AccessLog>,
+    #[serde(default)]
+    pub(crate) headers: crate::headers::file::Headers,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -139,6 +141,7 @@ pub(crate) struct Route {
     pub(crate) to: Spanned<Target>,
     pub(crate) spa_fallback: Option<Spanned<String>>,
     pub(crate) cache_control: Option<Spanned<String>>,
+    pub(crate) headers: Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>,
 }
 
 /// A duration written `500ms`, `2s`, `1m`; spanned in the model, so that a zero or a

@@ -13,6 +13,7 @@ mod access_log;
 mod edge;
 mod error;
 mod file;
+mod headers;
 mod slot;
 mod validate;
 
@@ -24,6 +25,7 @@ pub use edge::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
 };
 pub use error::ConfigError;
+pub use headers::{HeaderLines, HeadersConfig};
 pub use slot::{SlotName, UnknownSlot};
 
 use std::net::SocketAddr;
@@ -104,6 +106,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The access log, when on.
     pub access_log: Option<AccessLogConfig>,
+    /// Response headers set and hidden.
+    pub headers: HeadersConfig,
 }
 
 /// Process-level settings (`[server]`).
@@ -221,6 +225,8 @@ pub struct Route {
     pub spa_fallback: Option<String>,
     /// `Cache-Control` for non-hashed files of this route, instead of `no-cache`.
     pub cache_control: Option<String>,
+    /// Headers set on this route's responses (over `[headers] response` of the same name).
+    pub headers: HeaderLines,
 }
 
 /// Reads and validates the config file at `path`.

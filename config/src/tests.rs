@@ -405,3 +405,40 @@ fn access_log_table() {
     assert_eq!(line, 3);
     assert!(msg.starts_with("access_log.buffer:"), "{msg}");
 }
+
+#[test]
+fn headers_tables() {
+    let c = parse(
+        "[headers]\nresponse = { \"X-A\" = \"1\" }\nhide = [\"Server\"]\n\
+         [[routes]]\nprefix = \"/\"\nto = \"upstream\"\nheaders = { \"X-R\" = \"r v\" }\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        &*c.headers.response,
+        &[("X-A".to_string(), "1".to_string())]
+    );
+    assert_eq!(c.headers.hide, ["Server"]);
+    assert_eq!(
+        &*c.routes[0].headers,
+        &[("X-R".to_string(), "r v".to_string())]
+    );
+    let (line, _, msg) = invalid("[headers]\nhide = [\"Bad Name\"]\n");
+    assert_eq!(line, 2);
+    assert!(
+        msg.starts_with("headers.hide: `Bad Name` is not a header name"),
+        "{msg}"
+    );
+    let (_, _, msg) = invalid("[headers]\nresponse = { \"Content-Length\" = \"1\" }\n");
+    assert!(msg.contains("written by the proxy itself"), "{msg}");
+    let (line, _, msg) = invalid(
+        "[[routes]]\nprefix = \"/\"\nto = \"upstream\"\nheaders = { \"X-R\" = \"a\\nb\" }\n",
+    );
+    assert_eq!(line, 4);
+    assert!(
+        msg.starts_with("routes[0].headers: the value of `X-R` is not a header value"),
+        "{msg}"
+    );
+    let (_, _, msg) = invalid("[headers]\nresponse = { \"X-A\" = \"1\", \"x-a\" = \"2\" }\n");
+    assert!(msg.contains("set twice"), "{msg}");
+}

@@ -151,6 +151,7 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
         .access_log
         .map(crate::access_log::access_log)
         .transpose()?;
+    let headers = crate::headers::headers(f.headers)?;
 
     Ok(Config {
         source: None,
@@ -170,6 +171,7 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
         forwarding,
         limits,
         access_log,
+        headers,
     })
 }
 
@@ -327,11 +329,13 @@ fn routes(
             },
             None => None,
         };
+        let headers = crate::headers::lines(r.headers, &format!("routes[{i}].headers"))?;
         routes.push(Route {
             prefix: r.prefix.into_inner(),
             to,
             spa_fallback,
             cache_control,
+            headers,
         });
     }
     // Longest prefix first, so the first match is the longest.

@@ -37,19 +37,16 @@ fn edge(mode: Mode, log_table: impl FnOnce(&Path) -> (PathBuf, String)) -> Edge 
     let logs = tempfile::tempdir().unwrap();
     let (log, table) = log_table(logs.path());
     let metrics = free_addr();
-    let proxy = Proxy::start(&ProxyConfig {
-        blue: vec![upstream.addr()],
-        green: vec![upstream.addr()],
-        blue_root: Some(root.path().to_path_buf()),
-        green_root: Some(root.path().to_path_buf()),
-        server: mode.server(),
-        extra: format!(
+    let proxy = Proxy::start(&ProxyConfig::on_one_upstream(
+        upstream.addr(),
+        root.path(),
+        mode,
+        format!(
             "[metrics]\nlisten = \"{metrics}\"\n\n{table}\n\
              [[routes]]\nprefix = \"/private\"\nto = \"static\"\n\n\
              [[routes]]\nprefix = \"/\"\nto = \"upstream\"\n"
         ),
-        ..Default::default()
-    });
+    ));
     Edge {
         proxy,
         upstream,

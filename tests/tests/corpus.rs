@@ -71,15 +71,9 @@ impl Edge {
 
     fn start_with(mode: Mode, up: ScriptedUpstream, extra: &str) -> Edge {
         let root = static_root();
-        let proxy = Proxy::start(&ProxyConfig {
-            blue: vec![up.addr()],
-            green: vec![up.addr()],
-            blue_root: Some(root.path().to_path_buf()),
-            green_root: Some(root.path().to_path_buf()),
-            server: mode.server(),
-            extra: format!("{extra}\n{ROUTES}"),
-            ..ProxyConfig::default()
-        });
+        let extra = format!("{extra}\n{ROUTES}");
+        let config = ProxyConfig::on_one_upstream(up.addr(), root.path(), mode, extra);
+        let proxy = Proxy::start(&config);
         Edge {
             proxy,
             up,

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use ::pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use async_trait::async_trait;
-use bascule_config::{ForwardingConfig, LimitsConfig, RouteTarget};
+use bascule_config::{ForwardingConfig, HeaderLines, LimitsConfig, RouteTarget};
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora_core::modules::http::HttpModules;
@@ -24,6 +24,7 @@ use crate::slots::counters::InflightGuard;
 use crate::slots::routing::Routing;
 use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry, LogRequest};
+use crate::wire::headers::EdgeHeaders;
 use crate::wire::retry::{Failure, Retries};
 use crate::wire::{error_body, forward, pingora};
 use crate::SlotName;
@@ -37,6 +38,8 @@ pub struct Bascule {
     forwarding: ForwardingConfig,
     /// `[access_log]`, when on.
     log: Option<Arc<AccessLog>>,
+    /// `[headers]`, with the slot header.
+    edge: EdgeHeaders,
 }
 
 impl Bascule {
@@ -57,6 +60,7 @@ impl Bascule {
             statics,
             limits: config.limits.clone(),
             forwarding: config.forwarding.clone(),
+            edge: EdgeHeaders::new(&config.headers, config.server.slot_header.as_deref()),
             control,
             log,
         }
@@ -106,6 +110,8 @@ pub struct RequestCtx {
     upstream_answered: bool,
     /// The head as the client sent it, for the access log (copied before it is rewritten).
     log_request: Option<Box<LogRequest>>,
+    /// The route's own response headers.
+    route_headers: Option<HeaderLines>,
     start: Instant,
 }
 
@@ -160,6 +166,7 @@ impl ProxyHttp for Bascule {
             upgraded: None,
             upstream_answered: false,
             log_request: None,
+            route_headers: None,
             start: Instant::now(),
         }
     }
@@ -191,7 +198,8 @@ impl ProxyHttp for Bascule {
             Ok(v) => v,
             Err(why) => {
                 let body = Bytes::from(format!("{why}\n"));
-                if let Some(resp) = pingora::own_response_header(why.status(), body.len()) {
+                if let Some(mut resp) = pingora::own_response_header(why.status(), body.len()) {
+                    self.edge.apply(&[], &mut resp, false);
                     let _ = session.write_error_response(resp, body).await;
                 }
                 return Ok(true);
@@ -203,13 +211,16 @@ impl ProxyHttp for Bascule {
         let slot = routing.pick_slot();
         ctx.slot = slot;
         ctx.guard = Some(routing.counters.enter(slot));
-        if let (RouteTarget::Static, Some(route)) = routing.target(&verdict.path) {
+        let (target, route) = routing.target(&verdict.path);
+        ctx.route_headers = route.map(|r| r.headers.clone());
+        if let (RouteTarget::Static, Some(route)) = (target, route) {
             let route = route.clone();
             let mut resp = self
                 .statics
                 .respond(session, &routing, slot, &route)
                 .await?;
             self.tag(&mut resp.header, slot);
+            self.edge.apply(&route.headers, &mut resp.header, false);
             resp.send(session).await?;
             ctx.routing = Some(routing);
             return Ok(true);
@@ -330,6 +341,8 @@ impl ProxyHttp for Bascule {
             .as_ref()
             .and_then(|h| std::str::from_utf8(h).ok());
         pingora::clean_response(upstream_response, slot_header);
+        let route = ctx.route_headers.as_deref().unwrap_or_default();
+        self.edge.apply(route, upstream_response, true);
         self.tag(upstream_response, ctx.slot);
         ctx.upstream_answered = true;
         if upstream_response.status == 101 {
@@ -356,6 +369,8 @@ impl ProxyHttp for Bascule {
                 if ctx.guard.is_some() {
                     self.tag(&mut resp, ctx.slot);
                 }
+                let route = ctx.route_headers.as_deref().unwrap_or_default();
+                self.edge.apply(route, &mut resp, false);
                 let _ = session.write_error_response(resp, body).await;
             }
         }

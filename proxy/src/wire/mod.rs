@@ -7,6 +7,7 @@
 pub mod access_log;
 pub(crate) mod chunked;
 pub(crate) mod forward;
+pub(crate) mod headers;
 pub mod invariants;
 pub(crate) mod pingora;
 pub(crate) mod request;

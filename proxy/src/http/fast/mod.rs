@@ -38,6 +38,7 @@ use crate::slots::routing::{Member, Routing};
 use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry, LogRequest};
 use crate::wire::forward::{self, Peer};
+use crate::wire::headers::{EdgeHeaders, RouteHeaders};
 use crate::wire::request::Forwarding;
 use crate::wire::retry::{Failure, Retries};
 use crate::wire::{date_line, error_body, own_response_h1, Reject};
@@ -76,6 +77,8 @@ pub struct FastApp {
     parking: OnceLock<Option<Arc<Parking>>>,
     /// `[access_log]`, when on.
     log: Option<Arc<AccessLog>>,
+    /// `[headers]`, with the slot header.
+    edge: EdgeHeaders,
 }
 
 impl FastApp {
@@ -105,6 +108,7 @@ impl FastApp {
             full: Arc::new(full),
             parking: OnceLock::new(),
             log,
+            edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),
         }
     }
 
@@ -348,9 +352,12 @@ impl FastApp {
         let start = Instant::now();
         let slot = routing.pick_slot();
         let _guard = routing.counters.enter(slot);
-        let done = match (&req.statics, routing.route(req.path.get(buf))) {
+        let route = routing.route(req.path.get(buf));
+        let headers: &RouteHeaders = route.map_or(&[], |r| &r.headers);
+        let done = match (&req.statics, route) {
             (Some(header), Some(route)) => {
-                let resp = self.statics.answer(header, routing, slot, route).await;
+                let mut resp = self.statics.answer(header, routing, slot, route).await;
+                self.edge.apply(headers, &mut resp.header, false);
                 let bytes = resp.body_len(req.head_method);
                 let mut extra = Vec::with_capacity(48);
                 self.slot_line(slot, &mut extra);
@@ -373,7 +380,7 @@ impl FastApp {
                     member: None,
                 }
             }
-            _ => self.proxy(client, req, routing, slot, head).await,
+            _ => self.proxy(client, req, routing, slot, head, headers).await,
         };
         let elapsed = start.elapsed();
         self.control.metrics().observe(slot, done.status, elapsed);
@@ -401,6 +408,7 @@ impl FastApp {
         routing: &'r Routing,
         slot: SlotName,
         head: &[u8],
+        headers: &RouteHeaders,
     ) -> Answered<'r> {
         let pool = &routing.slot(slot).pool;
         let epoch = routing.counters.exchanges.cut_epoch(slot);
@@ -408,11 +416,13 @@ impl FastApp {
         let mut fresh_only = false;
         loop {
             let Some(i) = pool.pick(retries.skip()) else {
-                return Answered::error(self.respond_error(client, slot, 503).await);
+                return Answered::error(self.respond_error(client, slot, 503, headers).await);
             };
             let member = &pool.members()[i];
             let failure = match self
-                .attempt(client, req, routing, slot, member, fresh_only, head)
+                .attempt(
+                    client, req, routing, slot, member, fresh_only, head, headers,
+                )
                 .await
             {
                 Ok(done) => return done,
@@ -420,14 +430,14 @@ impl FastApp {
             };
             // A slot whose drain timed out is not retried on: its exchanges were cut on purpose.
             if routing.counters.exchanges.cut_epoch(slot) != epoch {
-                return Answered::error(self.respond_error(client, slot, 503).await);
+                return Answered::error(self.respond_error(client, slot, 503, headers).await);
             }
             // GET and HEAD only here: always replayable until a response byte is sent.
             match retries.after(failure, i, pool.members().len(), true) {
                 Some(again) => fresh_only = again.fresh_only,
                 None => {
                     let code = failure.status();
-                    return Answered::error(self.respond_error(client, slot, code).await);
+                    return Answered::error(self.respond_error(client, slot, code, headers).await);
                 }
             }
         }
@@ -444,19 +454,21 @@ impl FastApp {
         member: &'r Member,
         fresh_only: bool,
         head: &[u8],
+        headers: &RouteHeaders,
     ) -> Result<Answered<'r>, Failure> {
         let exchanges = &routing.counters.exchanges;
         let mut ex: Exchange<'_> =
             upstream::send(member, exchanges, slot, fresh_only, head).await?;
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(1024);
-        let drop = self.slot_header.as_deref();
-        let h = upstream::read_head(&mut ex, client, req.head_method, drop, &mut ubuf, &mut out)
+        let drop = |name: &[u8]| self.edge.drops(headers, name);
+        let h = upstream::read_head(&mut ex, client, req.head_method, &drop, &mut ubuf, &mut out)
             .await?;
         if !h.has_date {
             date_line(&mut out);
         }
         self.slot_line(slot, &mut out);
+        self.edge.write_h1(headers, &mut out);
         let close_client = req.close || h.framing == crate::wire::response::Framing::UntilClose;
         if close_client {
             out.extend_from_slice(b"connection: close\r\n");
@@ -482,9 +494,16 @@ impl FastApp {
     }
 
     /// The proxy's own error response, tagged with the slot; the connection closes after it.
-    async fn respond_error(&self, client: &mut L4Stream, slot: SlotName, code: u16) -> u16 {
+    async fn respond_error(
+        &self,
+        client: &mut L4Stream,
+        slot: SlotName,
+        code: u16,
+        headers: &RouteHeaders,
+    ) -> u16 {
         let mut extra = Vec::with_capacity(32);
         self.slot_line(slot, &mut extra);
+        self.edge.write_h1(headers, &mut extra);
         let mut out = Vec::with_capacity(256);
         own_response_h1(code, error_body(code), &extra, &mut out);
         let _ = client.write_all(&out).await;
@@ -504,7 +523,9 @@ impl FastApp {
     ) {
         let mut out = Vec::with_capacity(256);
         let body = format!("{why}\n");
-        own_response_h1(why.status(), &body, b"", &mut out);
+        let mut extra = Vec::new();
+        self.edge.write_h1(&[], &mut extra);
+        own_response_h1(why.status(), &body, &extra, &mut out);
         let _ = client.write_all(&out).await;
         let _ = client.flush().await;
         if let Some(log) = &self.log {

@@ -73,12 +73,12 @@ pub(super) async fn send<'r>(
 }
 
 /// Reads the response head into `ubuf`; writes it, rewritten, to `out` (interim 1xx responses
-/// go straight to the client). `drop`: a header name the upstream may not set.
+/// go straight to the client). `drop`: the header names the upstream may not set.
 pub(super) async fn read_head(
     ex: &mut Exchange<'_>,
     client: &mut L4Stream,
     head_request: bool,
-    drop: Option<&[u8]>,
+    drop: &(dyn Fn(&[u8]) -> bool + Sync),
     ubuf: &mut BytesMut,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, Failure> {
