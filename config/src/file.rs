@@ -39,6 +39,8 @@ pub(crate) struct FileConfig {
     pub(crate) access_log: Option<crate::access_log::file::AccessLog>,
     #[serde(default)]
     pub(crate) headers: crate::headers::file::Headers,
+    #[serde(default)]
+    pub(crate) rate_limits: Vec<crate::rate_limits::file::RateLimit>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -14,6 +14,7 @@ mod edge;
 mod error;
 mod file;
 mod headers;
+mod rate_limits;
 mod slot;
 mod validate;
 
@@ -26,6 +27,7 @@ pub use edge::{
 };
 pub use error::ConfigError;
 pub use headers::{HeaderLines, HeadersConfig};
+pub use rate_limits::RateLimit;
 pub use slot::{SlotName, UnknownSlot};
 
 use std::net::SocketAddr;
@@ -108,6 +110,8 @@ pub struct Config {
     pub access_log: Option<AccessLogConfig>,
     /// Response headers set and hidden.
     pub headers: HeadersConfig,
+    /// Rate limits per client address, longest prefix first.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// Process-level settings (`[server]`).

@@ -442,3 +442,39 @@ fn headers_tables() {
     let (_, _, msg) = invalid("[headers]\nresponse = { \"X-A\" = \"1\", \"x-a\" = \"2\" }\n");
     assert!(msg.contains("set twice"), "{msg}");
 }
+
+#[test]
+fn rate_limits_entries() {
+    let c = parse(
+        "[[rate_limits]]\nprefix = \"/\"\nper_ip = 5\n\
+         [[rate_limits]]\nprefix = \"/api/\"\nper_ip = 50\nburst = 100\n",
+        "t.toml",
+    )
+    .unwrap();
+    let got: Vec<_> = c
+        .rate_limits
+        .iter()
+        .map(|r| (r.prefix.as_str(), r.per_ip, r.burst))
+        .collect();
+    assert_eq!(
+        got,
+        [("/api/", 50, 100), ("/", 5, 5)],
+        "longest prefix first"
+    );
+    let (line, _, msg) = invalid("[[rate_limits]]\nprefix = \"api\"\nper_ip = 1\n");
+    assert_eq!(line, 2);
+    assert!(
+        msg.starts_with("rate_limits[0].prefix: must start with `/`"),
+        "{msg}"
+    );
+    let (line, _, msg) = invalid("[[rate_limits]]\nprefix = \"/\"\nper_ip = 0\n");
+    assert_eq!(line, 3);
+    assert!(
+        msg.starts_with("rate_limits[0].per_ip: at least 1"),
+        "{msg}"
+    );
+    let (_, _, msg) = invalid(
+        "[[rate_limits]]\nprefix = \"/\"\nper_ip = 1\n[[rate_limits]]\nprefix = \"/\"\nper_ip = 2\n",
+    );
+    assert!(msg.contains("has a limit already"), "{msg}");
+}

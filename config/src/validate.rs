@@ -152,6 +152,7 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
         .map(crate::access_log::access_log)
         .transpose()?;
     let headers = crate::headers::headers(f.headers)?;
+    let rate_limits = crate::rate_limits::rate_limits(f.rate_limits)?;
 
     Ok(Config {
         source: None,
@@ -172,6 +173,7 @@ pub(crate) fn validate(f: FileConfig) -> Result<Config, Violation> {
         limits,
         access_log,
         headers,
+        rate_limits,
     })
 }
 

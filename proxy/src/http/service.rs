@@ -25,6 +25,7 @@ use crate::slots::routing::Routing;
 use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry, LogRequest};
 use crate::wire::headers::EdgeHeaders;
+use crate::wire::rate_limit::RateLimits;
 use crate::wire::retry::{Failure, Retries};
 use crate::wire::{error_body, forward, pingora};
 use crate::SlotName;
@@ -40,6 +41,8 @@ pub struct Bascule {
     log: Option<Arc<AccessLog>>,
     /// `[headers]`, with the slot header.
     edge: EdgeHeaders,
+    /// `[[rate_limits]]`.
+    rate: RateLimits,
 }
 
 impl Bascule {
@@ -61,6 +64,7 @@ impl Bascule {
             limits: config.limits.clone(),
             forwarding: config.forwarding.clone(),
             edge: EdgeHeaders::new(&config.headers, config.server.slot_header.as_deref()),
+            rate: RateLimits::new(&config.rate_limits, &control.metrics().rate_limited),
             control,
             log,
         }
@@ -192,13 +196,18 @@ impl ProxyHttp for Bascule {
             &self.forwarding,
             peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
         );
+        let client = peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         let checked =
-            pingora::check_and_rewrite(session.req_header_mut(), &self.limits, mode, peer, false);
+            pingora::check_and_rewrite(session.req_header_mut(), &self.limits, mode, peer, false)
+                .and_then(|v| self.rate.check(&v.path, client).map(|()| v));
         let verdict = match checked {
             Ok(v) => v,
             Err(why) => {
                 let body = Bytes::from(format!("{why}\n"));
                 if let Some(mut resp) = pingora::own_response_header(why.status(), body.len()) {
+                    if let Some(s) = why.retry_after() {
+                        let _ = resp.insert_header(http::header::RETRY_AFTER, s);
+                    }
                     self.edge.apply(&[], &mut resp, false);
                     let _ = session.write_error_response(resp, body).await;
                 }

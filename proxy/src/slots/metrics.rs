@@ -31,6 +31,8 @@ pub struct Metrics {
     pub parked: IntGauge,
     /// Access log lines dropped because the writer's buffer was full.
     pub access_log_dropped: IntCounter,
+    /// Requests refused by `[[rate_limits]]`, by prefix.
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -101,6 +103,14 @@ impl Metrics {
             "Access log lines dropped because the writer's buffer was full",
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "bascule_rate_limited_total",
+                "Requests answered 429 by a rate limit, by its prefix",
+            ),
+            &["prefix"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -111,6 +121,7 @@ impl Metrics {
             Box::new(drain_duration.clone()),
             Box::new(parked.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(rate_limited.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -130,6 +141,7 @@ impl Metrics {
             drain_duration,
             parked,
             access_log_dropped,
+            rate_limited,
         })
     }
 

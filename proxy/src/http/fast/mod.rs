@@ -39,6 +39,7 @@ use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry, LogRequest};
 use crate::wire::forward::{self, Peer};
 use crate::wire::headers::{EdgeHeaders, RouteHeaders};
+use crate::wire::rate_limit::RateLimits;
 use crate::wire::request::Forwarding;
 use crate::wire::retry::{Failure, Retries};
 use crate::wire::{date_line, error_body, own_response_h1, Reject};
@@ -79,6 +80,8 @@ pub struct FastApp {
     log: Option<Arc<AccessLog>>,
     /// `[headers]`, with the slot header.
     edge: EdgeHeaders,
+    /// `[[rate_limits]]`.
+    rate: RateLimits,
 }
 
 impl FastApp {
@@ -95,6 +98,7 @@ impl FastApp {
         let keepalive = server.keepalive_timeout;
         let upstream_idle_max = config.upstream.keepalive_pool;
         let park_after = Some(server.park_idle_after).filter(|&p| p < keepalive);
+        let rate = RateLimits::new(&config.rate_limits, &control.metrics().rate_limited);
         FastApp {
             slot_header,
             keepalive,
@@ -109,6 +113,7 @@ impl FastApp {
             parking: OnceLock::new(),
             log,
             edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),
+            rate,
         }
     }
 
@@ -289,6 +294,11 @@ impl FastApp {
                 // connection's task.
                 Head::Handover => return Box::pin(self.hand_over(client, &buf, shutdown)).await,
             };
+            if let Err(r) = self.rate.check(req.path.get(&buf), client_ip) {
+                let started = head_started.unwrap_or_else(Instant::now);
+                self.refuse(&mut client, r, &buf, client_ip, started).await;
+                return None;
+            }
             let next = self
                 .serve(&mut client, &buf, &mut req, &routing, &scratch, client_ip)
                 .await;
@@ -524,6 +534,9 @@ impl FastApp {
         let mut out = Vec::with_capacity(256);
         let body = format!("{why}\n");
         let mut extra = Vec::new();
+        if let Some(s) = why.retry_after() {
+            extra.extend_from_slice(format!("retry-after: {s}\r\n").as_bytes());
+        }
         self.edge.write_h1(&[], &mut extra);
         own_response_h1(why.status(), &body, &extra, &mut out);
         let _ = client.write_all(&out).await;
