@@ -39,6 +39,11 @@ pub(crate) struct FileConfig {
     pub(crate) tls: Option<crate::tls::file::Tls>,
     #[serde(default)]
     pub(crate) rollback: crate::rollback::file::Rollback,
+    pub(crate) access_log: Option<crate::access_log::file::AccessLog>,
+    #[serde(default)]
+    pub(crate) headers: crate::headers::file::Headers,
+    #[serde(default)]
+    pub(crate) rate_limits: Vec<crate::rate_limits::file::RateLimit>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -143,6 +148,7 @@ pub(crate) struct Route {
     pub(crate) to: Spanned<Target>,
     pub(crate) spa_fallback: Option<Spanned<String>>,
     pub(crate) cache_control: Option<Spanned<String>>,
+    pub(crate) headers: Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>,
 }
 
 /// A duration written `500ms`, `2s`, `1m`; spanned in the model, so that a zero or a

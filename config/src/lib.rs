@@ -9,9 +9,12 @@
 //! proxy's state file (active slot, runtime upstreams and versions) wins over `[slots]`; that
 //! merge belongs to the proxy, not to this crate.
 
+mod access_log;
 mod edge;
 mod error;
 mod file;
+mod headers;
+mod rate_limits;
 mod rollback;
 mod slot;
 mod tls;
@@ -19,11 +22,14 @@ mod validate;
 
 pub use validate::check_upstream;
 
+pub use access_log::{AccessLogConfig, AccessLogFormat, AccessLogPath, DEFAULT_ACCESS_LOG_BUFFER};
 pub use edge::{
     ForwardingConfig, LimitsConfig, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
 };
 pub use error::ConfigError;
+pub use headers::{HeaderLines, HeadersConfig};
+pub use rate_limits::RateLimit;
 pub use rollback::{
     RollbackConfig, DEFAULT_ROLLBACK_MAX_ERROR_RATIO, DEFAULT_ROLLBACK_MIN_REQUESTS,
     DEFAULT_ROLLBACK_WINDOW,
@@ -115,6 +121,12 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The automatic rollback.
     pub rollback: RollbackConfig,
+    /// The access log, when on.
+    pub access_log: Option<AccessLogConfig>,
+    /// Response headers set and hidden.
+    pub headers: HeadersConfig,
+    /// Rate limits per client address, longest prefix first.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// Process-level settings (`[server]`).
@@ -232,6 +244,8 @@ pub struct Route {
     pub spa_fallback: Option<String>,
     /// `Cache-Control` for non-hashed files of this route, instead of `no-cache`.
     pub cache_control: Option<String>,
+    /// Headers set on this route's responses (over `[headers] response` of the same name).
+    pub headers: HeaderLines,
 }
 
 /// Reads and validates the config file at `path`.

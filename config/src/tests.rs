@@ -374,3 +374,107 @@ fn route_cache_control_must_be_a_header_of_directives() {
     );
     assert!(msg.contains("only a `static` route"), "{msg}");
 }
+
+#[test]
+fn access_log_table() {
+    assert_eq!(parse("", "t.toml").unwrap().access_log, None);
+    let c = parse("[access_log]\npath = \"-\"\n", "t.toml").unwrap();
+    assert_eq!(
+        c.access_log,
+        Some(AccessLogConfig {
+            path: AccessLogPath::Stdout,
+            format: AccessLogFormat::Combined,
+            buffer: DEFAULT_ACCESS_LOG_BUFFER,
+        })
+    );
+    let c = parse(
+        "[access_log]\npath = \"/var/log/a.log\"\nformat = \"json\"\nbuffer = 4\n",
+        "t.toml",
+    )
+    .unwrap();
+    let log = c.access_log.unwrap();
+    assert_eq!(log.path, AccessLogPath::File("/var/log/a.log".into()));
+    assert_eq!((log.format, log.buffer), (AccessLogFormat::Json, 4));
+    let (line, col, msg) = invalid("[access_log]\npath = \"-\"\nformat = \"common\"\n");
+    assert_eq!((line, col), (3, 10));
+    assert!(msg.starts_with("access_log.format: `common`"), "{msg}");
+    let (line, _, msg) = invalid("[access_log]\npath = \"\"\n");
+    assert_eq!(line, 2);
+    assert!(msg.starts_with("access_log.path:"), "{msg}");
+    let (line, _, msg) = invalid("[access_log]\npath = \"-\"\nbuffer = 0\n");
+    assert_eq!(line, 3);
+    assert!(msg.starts_with("access_log.buffer:"), "{msg}");
+}
+
+#[test]
+fn headers_tables() {
+    let c = parse(
+        "[headers]\nresponse = { \"X-A\" = \"1\" }\nhide = [\"Server\"]\n\
+         [[routes]]\nprefix = \"/\"\nto = \"upstream\"\nheaders = { \"X-R\" = \"r v\" }\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        &*c.headers.response,
+        &[("X-A".to_string(), "1".to_string())]
+    );
+    assert_eq!(c.headers.hide, ["Server"]);
+    assert_eq!(
+        &*c.routes[0].headers,
+        &[("X-R".to_string(), "r v".to_string())]
+    );
+    let (line, _, msg) = invalid("[headers]\nhide = [\"Bad Name\"]\n");
+    assert_eq!(line, 2);
+    assert!(
+        msg.starts_with("headers.hide: `Bad Name` is not a header name"),
+        "{msg}"
+    );
+    let (_, _, msg) = invalid("[headers]\nresponse = { \"Content-Length\" = \"1\" }\n");
+    assert!(msg.contains("written by the proxy itself"), "{msg}");
+    let (line, _, msg) = invalid(
+        "[[routes]]\nprefix = \"/\"\nto = \"upstream\"\nheaders = { \"X-R\" = \"a\\nb\" }\n",
+    );
+    assert_eq!(line, 4);
+    assert!(
+        msg.starts_with("routes[0].headers: the value of `X-R` is not a header value"),
+        "{msg}"
+    );
+    let (_, _, msg) = invalid("[headers]\nresponse = { \"X-A\" = \"1\", \"x-a\" = \"2\" }\n");
+    assert!(msg.contains("set twice"), "{msg}");
+}
+
+#[test]
+fn rate_limits_entries() {
+    let c = parse(
+        "[[rate_limits]]\nprefix = \"/\"\nper_ip = 5\n\
+         [[rate_limits]]\nprefix = \"/api/\"\nper_ip = 50\nburst = 100\n",
+        "t.toml",
+    )
+    .unwrap();
+    let got: Vec<_> = c
+        .rate_limits
+        .iter()
+        .map(|r| (r.prefix.as_str(), r.per_ip, r.burst))
+        .collect();
+    assert_eq!(
+        got,
+        [("/api/", 50, 100), ("/", 5, 5)],
+        "longest prefix first"
+    );
+    let (line, _, msg) = invalid("[[rate_limits]]\nprefix = \"api\"\nper_ip = 1\n");
+    assert_eq!(line, 2);
+    assert!(
+        msg.starts_with("rate_limits[0].prefix: must start with `/`"),
+        "{msg}"
+    );
+    let (line, _, msg) = invalid("[[rate_limits]]\nprefix = \"/\"\nper_ip = 0\n");
+    assert_eq!(line, 3);
+    assert!(
+        msg.starts_with("rate_limits[0].per_ip: at least 1"),
+        "{msg}"
+    );
+    let (_, _, msg) = invalid(
+        "[[rate_limits]]\nprefix = \"/\"\nper_ip = 1\n[[rate_limits]]\nprefix = \"/\"\nper_ip = 2\n",
+    );
+    assert!(msg.contains("has a limit already"), "{msg}");
+}

@@ -159,6 +159,12 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
     let forwarding = crate::edge::forwarding(f.forwarding)?;
     let limits = crate::edge::limits(f.limits)?;
     let rollback = crate::rollback::rollback(f.rollback)?;
+    let access_log = f
+        .access_log
+        .map(crate::access_log::access_log)
+        .transpose()?;
+    let headers = crate::headers::headers(f.headers)?;
+    let rate_limits = crate::rate_limits::rate_limits(f.rate_limits)?;
 
     Ok(Config {
         source: None,
@@ -181,6 +187,9 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         forwarding,
         limits,
         rollback,
+        access_log,
+        headers,
+        rate_limits,
     })
 }
 
@@ -338,11 +347,13 @@ fn routes(
             },
             None => None,
         };
+        let headers = crate::headers::lines(r.headers, &format!("routes[{i}].headers"))?;
         routes.push(Route {
             prefix: r.prefix.into_inner(),
             to,
             spa_fallback,
             cache_control,
+            headers,
         });
     }
     // Longest prefix first, so the first match is the longest.

@@ -26,6 +26,7 @@ use crate::http::service::Bascule;
 use crate::slots::certs::Certs;
 use crate::slots::metrics::Metrics;
 use crate::statics::StaticFiles;
+use crate::wire::access_log::AccessLog;
 use crate::SlotName;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::ExecutionPhase;
@@ -57,6 +58,13 @@ impl App {
     /// Builds every service and binds the admin socket. Errors name what failed.
     pub fn build(config: Config, opts: StartOptions) -> anyhow::Result<App> {
         let metrics = Metrics::new();
+        let log = match &config.access_log {
+            Some(c) => Some(Arc::new(AccessLog::start(
+                c,
+                metrics.access_log_dropped.clone(),
+            )?)),
+            None => None,
+        };
         let (control, warning) = Control::new(config.clone(), metrics)?;
         if let Some(w) = warning {
             tracing::warn!("{w}");
@@ -83,11 +91,11 @@ impl App {
         let statics = Arc::new(StaticFiles::new(&config.statics));
         let full = http_proxy(
             &server.configuration,
-            Bascule::new(control.clone(), statics.clone()),
+            Bascule::new(control.clone(), statics.clone(), log.clone()),
         );
         let mut proxy = Service::new(
             "bascule proxy".to_string(),
-            FastApp::new(control.clone(), statics, full),
+            FastApp::new(control.clone(), statics, full, log),
         );
         for addr in &config.listen {
             // The fast path reads into its own buffer and writes whole responses at once:

@@ -2,6 +2,7 @@
 //! loopback only, ephemeral ports, deadlines instead of sleeps.
 
 pub mod http;
+mod mode;
 mod proxy;
 pub mod raw;
 pub mod tls;
@@ -9,4 +10,5 @@ pub mod ws;
 
 pub use bascule_proxy::demo::Upstream;
 pub use bascule_proxy::SlotName;
+pub use mode::{Mode, MODES};
 pub use proxy::{bascule_bin, free_addr, two_slots, wait_until, Proxy, ProxyConfig};

@@ -114,6 +114,25 @@ fn list(addrs: &[SocketAddr]) -> String {
 }
 
 impl ProxyConfig {
+    /// Both slots on `upstream`, both static roots at `root`, requests on `mode`'s path, and
+    /// `extra` appended.
+    pub fn on_one_upstream(
+        upstream: SocketAddr,
+        root: &Path,
+        mode: crate::Mode,
+        extra: String,
+    ) -> ProxyConfig {
+        ProxyConfig {
+            blue: vec![upstream],
+            green: vec![upstream],
+            blue_root: Some(root.to_path_buf()),
+            green_root: Some(root.to_path_buf()),
+            server: mode.server(),
+            extra,
+            ..Default::default()
+        }
+    }
+
     /// The state file for a proxy in `dir`.
     pub fn state_path(&self, dir: &Path) -> PathBuf {
         self.state.clone().unwrap_or_else(|| dir.join("state.json"))

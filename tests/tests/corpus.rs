@@ -14,7 +14,7 @@ use bascule_tests::raw::{
     echo, has_bare_lf, response, show, Action, End, Exchange, Nginx, RawClient, RawResponse,
     Received, ScriptedUpstream,
 };
-use bascule_tests::{Proxy, ProxyConfig};
+use bascule_tests::{Mode, Proxy, ProxyConfig, MODES};
 
 #[path = "corpus/failover.rs"]
 mod failover;
@@ -37,33 +37,6 @@ mod routing;
 const PRIVATE: &str = "PRIVATE STATIC FILE\n";
 /// Longest wait for one exchange.
 const READ: Duration = Duration::from_secs(3);
-
-/// Which of Bascule's request paths a connection takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// The default: GET/HEAD without a body on the fast path, the rest handed over.
-    Fast,
-    /// `[server] fast_path = false`: everything through Pingora's full proxy.
-    Full,
-}
-
-const MODES: [Mode; 2] = [Mode::Fast, Mode::Full];
-
-impl Mode {
-    fn server(self) -> String {
-        match self {
-            Mode::Fast => String::new(),
-            Mode::Full => "fast_path = false\n".into(),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Fast => "fast",
-            Mode::Full => "full",
-        }
-    }
-}
 
 /// Routes every edge in this file uses: `/private` static, the rest upstream.
 const ROUTES: &str = "[[routes]]\nprefix = \"/private\"\nto = \"static\"\n\n\
@@ -98,15 +71,9 @@ impl Edge {
 
     fn start_with(mode: Mode, up: ScriptedUpstream, extra: &str) -> Edge {
         let root = static_root();
-        let proxy = Proxy::start(&ProxyConfig {
-            blue: vec![up.addr()],
-            green: vec![up.addr()],
-            blue_root: Some(root.path().to_path_buf()),
-            green_root: Some(root.path().to_path_buf()),
-            server: mode.server(),
-            extra: format!("{extra}\n{ROUTES}"),
-            ..ProxyConfig::default()
-        });
+        let extra = format!("{extra}\n{ROUTES}");
+        let config = ProxyConfig::on_one_upstream(up.addr(), root.path(), mode, extra);
+        let proxy = Proxy::start(&config);
         Edge {
             proxy,
             up,

@@ -6,11 +6,11 @@
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use ::pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use async_trait::async_trait;
-use bascule_config::{ForwardingConfig, LimitsConfig, RouteTarget};
+use bascule_config::{ForwardingConfig, HeaderLines, LimitsConfig, RouteTarget};
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora_core::modules::http::HttpModules;
@@ -23,6 +23,9 @@ use crate::control::Control;
 use crate::slots::counters::InflightGuard;
 use crate::slots::routing::Routing;
 use crate::statics::StaticFiles;
+use crate::wire::access_log::{AccessLog, Entry, LogRequest};
+use crate::wire::headers::EdgeHeaders;
+use crate::wire::rate_limit::RateLimits;
 use crate::wire::retry::{Failure, Retries};
 use crate::wire::{error_body, forward, pingora};
 use crate::SlotName;
@@ -36,11 +39,22 @@ pub struct Bascule {
     forwarding: ForwardingConfig,
     /// `[listen] redirect_http`: plain requests get a 308 to this https port.
     redirect_to: Option<u16>,
+    /// `[access_log]`, when on.
+    log: Option<Arc<AccessLog>>,
+    /// `[headers]`, with the slot header.
+    edge: EdgeHeaders,
+    /// `[[rate_limits]]`.
+    rate: RateLimits,
 }
 
 impl Bascule {
-    /// A proxy over `control`'s snapshots, serving static routes with `statics`.
-    pub fn new(control: Arc<Control>, statics: Arc<StaticFiles>) -> Bascule {
+    /// A proxy over `control`'s snapshots, serving static routes with `statics`, logging
+    /// every request to `log`.
+    pub fn new(
+        control: Arc<Control>,
+        statics: Arc<StaticFiles>,
+        log: Option<Arc<AccessLog>>,
+    ) -> Bascule {
         let config = control.config();
         Bascule {
             slot_header: config
@@ -52,7 +66,10 @@ impl Bascule {
             limits: config.limits.clone(),
             forwarding: config.forwarding.clone(),
             redirect_to: crate::wire::redirect_port(&config),
+            edge: EdgeHeaders::new(&config.headers, config.server.slot_header.as_deref()),
+            rate: RateLimits::new(&config.rate_limits, &control.metrics().rate_limited),
             control,
+            log,
         }
     }
 
@@ -96,6 +113,12 @@ pub struct RequestCtx {
     upstream_fd: Option<RawFd>,
     /// Key of this connection among the slot's upgraded connections.
     upgraded: Option<u64>,
+    /// An upstream's response head reached the response phase.
+    upstream_answered: bool,
+    /// The head as the client sent it, for the access log (copied before it is rewritten).
+    log_request: Option<Box<LogRequest>>,
+    /// The route's own response headers.
+    route_headers: Option<HeaderLines>,
     start: Instant,
 }
 
@@ -148,6 +171,9 @@ impl ProxyHttp for Bascule {
             body_bytes: 0,
             upstream_fd: None,
             upgraded: None,
+            upstream_answered: false,
+            log_request: None,
+            route_headers: None,
             start: Instant::now(),
         }
     }
@@ -166,11 +192,15 @@ impl ProxyHttp for Bascule {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        if self.log.is_some() {
+            ctx.log_request = Some(Box::new(LogRequest::from_pingora(session.req_header())));
+        }
         let mode = forward::mode(
             &self.forwarding,
             peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
         );
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let client = peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         let checked = pingora::check_and_rewrite(
             session.req_header_mut(),
             &self.limits,
@@ -178,12 +208,17 @@ impl ProxyHttp for Bascule {
             peer,
             tls,
             self.redirect_to,
-        );
+        )
+        .and_then(|v| self.rate.check(&v.path, client).map(|()| v));
         let verdict = match checked {
             Ok(v) => v,
             Err(why) => {
                 let body = Bytes::from(format!("{why}\n"));
-                if let Some(resp) = pingora::own_response_header(why.status(), body.len()) {
+                if let Some(mut resp) = pingora::own_response_header(why.status(), body.len()) {
+                    if let Some(s) = why.retry_after() {
+                        let _ = resp.insert_header(http::header::RETRY_AFTER, s);
+                    }
+                    self.edge.apply(&[], &mut resp, false);
                     let _ = session.write_error_response(resp, body).await;
                 }
                 return Ok(true);
@@ -193,6 +228,7 @@ impl ProxyHttp for Bascule {
             let body = Bytes::from_static(b"moved to https\n");
             if let Some(mut resp) = pingora::own_response_header(308, body.len()) {
                 let _ = resp.insert_header(http::header::LOCATION, location);
+                self.edge.apply(&[], &mut resp, false);
                 let _ = session.write_error_response(resp, body).await;
             }
             return Ok(true);
@@ -203,13 +239,16 @@ impl ProxyHttp for Bascule {
         let slot = routing.pick_slot();
         ctx.slot = slot;
         ctx.guard = Some(routing.counters.enter(slot));
-        if let (RouteTarget::Static, Some(route)) = routing.target(&verdict.path) {
+        let (target, route) = routing.target(&verdict.path);
+        ctx.route_headers = route.map(|r| r.headers.clone());
+        if let (RouteTarget::Static, Some(route)) = (target, route) {
             let route = route.clone();
             let mut resp = self
                 .statics
                 .respond(session, &routing, slot, &route)
                 .await?;
             self.tag(&mut resp.header, slot);
+            self.edge.apply(&route.headers, &mut resp.header, false);
             resp.send(session).await?;
             ctx.routing = Some(routing);
             return Ok(true);
@@ -333,7 +372,10 @@ impl ProxyHttp for Bascule {
             .as_ref()
             .and_then(|h| std::str::from_utf8(h).ok());
         pingora::clean_response(upstream_response, slot_header);
+        let route = ctx.route_headers.as_deref().unwrap_or_default();
+        self.edge.apply(route, upstream_response, true);
         self.tag(upstream_response, ctx.slot);
+        ctx.upstream_answered = true;
         if upstream_response.status == 101 {
             if let (Some(fd), Some(r)) = (ctx.upstream_fd.take(), &ctx.routing) {
                 ctx.upgraded = r.counters.upgraded.register(ctx.slot, fd);
@@ -358,6 +400,8 @@ impl ProxyHttp for Bascule {
                 if ctx.guard.is_some() {
                     self.tag(&mut resp, ctx.slot);
                 }
+                let route = ctx.route_headers.as_deref().unwrap_or_default();
+                self.edge.apply(route, &mut resp, false);
                 let _ = session.write_error_response(resp, body).await;
             }
         }
@@ -367,15 +411,36 @@ impl ProxyHttp for Bascule {
         }
     }
 
-    /// Last hook of every request, whatever its outcome: metrics. The in-flight guard drops
-    /// with the context right after.
+    /// Last hook of every request, whatever its outcome: metrics (of a request given to a
+    /// slot) and the access log line (of every request, refused ones too). The in-flight guard
+    /// drops with the context right after.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        if ctx.guard.is_none() {
-            return;
-        }
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.control
-            .metrics()
-            .observe(ctx.slot, code, ctx.start.elapsed());
+        let elapsed = ctx.start.elapsed();
+        if ctx.guard.is_some() {
+            self.control.metrics().observe(ctx.slot, code, elapsed);
+        }
+        let Some(log) = &self.log else { return };
+        let request = ctx
+            .log_request
+            .take()
+            .unwrap_or_else(|| Box::new(LogRequest::from_pingora(session.req_header())));
+        let upstream = match (ctx.upstream_answered, ctx.member, &ctx.routing) {
+            (true, Some(i), Some(r)) => r.slot(ctx.slot).pool.members().get(i),
+            _ => None,
+        };
+        log.log(Entry {
+            time: SystemTime::now() - elapsed,
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            request,
+            status: code,
+            bytes: session.body_bytes_sent() as u64,
+            duration: elapsed,
+            slot: ctx.guard.is_some().then_some(ctx.slot),
+            upstream: upstream.map(|m| m.address.clone()),
+        });
     }
 }

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub auto_rollbacks: IntCounter,
     /// Per-slot counts and latency histogram, for `stats` and the automatic rollback.
     pub stats: Stats,
+    /// Access log lines dropped because the writer's buffer was full.
+    pub access_log_dropped: IntCounter,
+    /// Requests refused by `[[rate_limits]]`, by prefix.
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -104,6 +108,19 @@ impl Metrics {
             "Flips back made by the automatic rollback since start",
         )
         .expect("valid metric");
+        let access_log_dropped = IntCounter::new(
+            "bascule_access_log_dropped_total",
+            "Access log lines dropped because the writer's buffer was full",
+        )
+        .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "bascule_rate_limited_total",
+                "Requests answered 429 by a rate limit, by its prefix",
+            ),
+            &["prefix"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -114,6 +131,8 @@ impl Metrics {
             Box::new(drain_duration.clone()),
             Box::new(parked.clone()),
             Box::new(auto_rollbacks.clone()),
+            Box::new(access_log_dropped.clone()),
+            Box::new(rate_limited.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -134,6 +153,8 @@ impl Metrics {
             parked,
             auto_rollbacks,
             stats: Stats::default(),
+            access_log_dropped,
+            rate_limited,
         })
     }
 

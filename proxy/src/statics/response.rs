@@ -79,6 +79,16 @@ impl StaticResponse {
 }
 
 impl StaticResponse {
+    /// Body bytes this response sends; none for a `HEAD`.
+    pub fn body_len(&self, head_only: bool) -> u64 {
+        match &self.body {
+            _ if head_only => 0,
+            Body::Empty => 0,
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
     /// Writes the response in HTTP/1.1 wire format to `w` (the fast path's client), with
     /// `extra` header lines (each ending in CRLF) added; returns the status written.
     pub async fn write_h1<W>(self, w: &mut W, head_only: bool, extra: &[u8]) -> std::io::Result<u16>

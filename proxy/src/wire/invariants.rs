@@ -78,7 +78,12 @@ pub fn request_head(data: &[u8]) {
 pub fn response(data: &[u8]) {
     for head_request in [false, true] {
         let mut out = Vec::new();
-        let Parsed::Head(h) = parse_response(data, head_request, Some(b"x-slot"), &mut out) else {
+        let Parsed::Head(h) = parse_response(
+            data,
+            head_request,
+            &|n| n.eq_ignore_ascii_case(b"x-slot"),
+            &mut out,
+        ) else {
             continue;
         };
         out.extend_from_slice(b"\r\n");

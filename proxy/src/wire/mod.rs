@@ -4,10 +4,13 @@
 //! proxy writes itself (the `Date` line, its own error responses). Knows nothing of slots or
 //! snapshots; both request paths call into it, so each rule exists once.
 
+pub mod access_log;
 pub(crate) mod chunked;
 pub(crate) mod forward;
+pub(crate) mod headers;
 pub mod invariants;
 pub(crate) mod pingora;
+pub(crate) mod rate_limit;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod retry;
@@ -31,6 +34,9 @@ pub(crate) enum Reject {
     /// A feature the proxy does not relay (a transfer coding other than chunked): 501.
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
+    /// Over a `[[rate_limits]]` limit: 429, to try again after this many seconds.
+    #[error("too many requests: try again in {0} s")]
+    TooManyRequests(u32),
 }
 
 impl Reject {
@@ -42,6 +48,15 @@ impl Reject {
             Reject::BodyTooLarge => 413,
             Reject::HeadTimeout => 408,
             Reject::NotImplemented(_) => 501,
+            Reject::TooManyRequests(_) => 429,
+        }
+    }
+
+    /// The `Retry-After` seconds of the refusal, if it has one.
+    pub(crate) fn retry_after(&self) -> Option<u32> {
+        match self {
+            Reject::TooManyRequests(s) => Some(*s),
+            _ => None,
         }
     }
 }

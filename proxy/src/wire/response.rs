@@ -81,14 +81,14 @@ pub(crate) fn response_kind(name: &[u8]) -> ResponseKind {
 ///
 /// A complete, valid head is written to `out` in canonical form — status line, the headers
 /// that are relayed, the framing header the proxy chose — without the blank line, so the
-/// caller can add its own lines. `drop` names one more header to leave out (the slot header,
-/// which the proxy sets itself). Rules (RFC 9112 §6.3): `Transfer-Encoding` wins over
+/// caller can add its own lines. `drop` says which other headers to leave out: those the proxy
+/// sets itself (the slot header, `[headers]`) or hides (`wire::headers`). Rules (RFC 9112 §6.3): `Transfer-Encoding` wins over
 /// `Content-Length`, which is then dropped; a length that is not plain digits, two lengths, or
 /// a transfer coding other than a final `chunked` make the response invalid (nginx: 502).
 pub(crate) fn parse_response(
     buf: &[u8],
     head_request: bool,
-    drop: Option<&[u8]>,
+    drop: &dyn Fn(&[u8]) -> bool,
     out: &mut Vec<u8>,
 ) -> Parsed {
     // Left uninitialised: 256 headers are 8 KiB to clear on every response otherwise.
@@ -172,7 +172,7 @@ pub(crate) fn parse_response(
         let name = h.name.as_bytes();
         let keep = match response_kind(name) {
             ResponseKind::Other => {
-                let ours = drop.is_some_and(|d| name.eq_ignore_ascii_case(d));
+                let ours = drop(name);
                 !(ours || named && named_by_connection(hs, name))
             }
             ResponseKind::Date => true,
@@ -217,7 +217,12 @@ mod tests {
 
     fn parse(raw: &[u8], head: bool) -> Result<(Framing, bool, String), &'static str> {
         let mut out = Vec::new();
-        match parse_response(raw, head, Some(b"x-bascule-slot"), &mut out) {
+        match parse_response(
+            raw,
+            head,
+            &|n| n.eq_ignore_ascii_case(b"x-bascule-slot"),
+            &mut out,
+        ) {
             Parsed::Head(h) => Ok((h.framing, h.close, String::from_utf8(out).unwrap())),
             Parsed::Partial => Err("partial"),
             Parsed::Invalid => Err("invalid"),

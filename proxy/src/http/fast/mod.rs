@@ -15,9 +15,10 @@ mod park;
 mod request;
 mod upstream;
 
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bascule_config::{ForwardingConfig, LimitsConfig, RouteTarget};
@@ -35,7 +36,10 @@ use crate::control::Control;
 use crate::http::service::Bascule;
 use crate::slots::routing::{Member, Routing};
 use crate::statics::StaticFiles;
+use crate::wire::access_log::{AccessLog, Entry, LogRequest};
 use crate::wire::forward::{self, Peer};
+use crate::wire::headers::{EdgeHeaders, RouteHeaders};
+use crate::wire::rate_limit::RateLimits;
 use crate::wire::request::Forwarding;
 use crate::wire::retry::{Failure, Retries};
 use crate::wire::{date_line, error_body, own_response_h1, Reject};
@@ -76,6 +80,12 @@ pub struct FastApp {
     tls13_only: bool,
     /// The idle set, started by the first connection parked; `None` if it could not start.
     parking: OnceLock<Option<Arc<Parking>>>,
+    /// `[access_log]`, when on.
+    log: Option<Arc<AccessLog>>,
+    /// `[headers]`, with the slot header.
+    edge: EdgeHeaders,
+    /// `[[rate_limits]]`.
+    rate: RateLimits,
 }
 
 impl FastApp {
@@ -84,6 +94,7 @@ impl FastApp {
         control: Arc<Control>,
         statics: Arc<StaticFiles>,
         full: HttpProxy<Bascule>,
+        log: Option<Arc<AccessLog>>,
     ) -> FastApp {
         let config = control.config();
         let server = &config.server;
@@ -91,6 +102,7 @@ impl FastApp {
         let keepalive = server.keepalive_timeout;
         let upstream_idle_max = config.upstream.keepalive_pool;
         let park_after = Some(server.park_idle_after).filter(|&p| p < keepalive);
+        let rate = RateLimits::new(&config.rate_limits, &control.metrics().rate_limited);
         FastApp {
             slot_header,
             keepalive,
@@ -108,6 +120,9 @@ impl FastApp {
             statics,
             full: Arc::new(full),
             parking: OnceLock::new(),
+            log,
+            edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),
+            rate,
         }
     }
 
@@ -134,12 +149,12 @@ impl FastApp {
     }
 
     /// What becomes of a client's forwarded headers, decided once per connection.
-    fn forwarding_of(&self, client: &L4Stream) -> (Forwarding, Peer) {
+    fn forwarding_of(&self, client: &L4Stream) -> (Forwarding, Peer, IpAddr) {
         let addr = client
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        (forward::mode(&self.forwarding, addr), Peer::new(addr))
+        (forward::mode(&self.forwarding, addr), Peer::new(addr), addr)
     }
 }
 
@@ -147,6 +162,29 @@ impl FastApp {
 enum Next {
     KeepAlive,
     Close,
+}
+
+/// How a request was answered: for the metrics and the access log.
+struct Answered<'r> {
+    /// 0 when no response head could be written.
+    status: u16,
+    next: Next,
+    /// Body bytes written to the client.
+    bytes: u64,
+    /// The upstream member that answered.
+    member: Option<&'r Member>,
+}
+
+impl<'r> Answered<'r> {
+    /// The proxy's own error response, written by [`FastApp::respond_error`].
+    fn error(status: u16) -> Answered<'r> {
+        Answered {
+            status,
+            next: Next::Close,
+            bytes: error_body(status).len() as u64,
+            member: None,
+        }
+    }
 }
 
 #[async_trait]
@@ -195,7 +233,7 @@ impl FastApp {
         mut client: Box<L4Stream>,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (forwarding, peer) = self.forwarding_of(&client);
+        let (forwarding, peer, client_ip) = self.forwarding_of(&client);
         let mut buf = BytesMut::new();
         // The upstream request head, written from the checked fields; reused across requests.
         let mut scratch = Vec::new();
@@ -213,6 +251,7 @@ impl FastApp {
                         forwarding,
                         peer: &peer,
                         is_static: &is_static,
+                        log: self.log.is_some(),
                     };
                     match request::parse(&buf, &policy, &mut scratch) {
                         Head::Partial => {}
@@ -254,7 +293,9 @@ impl FastApp {
                     match tokio::time::timeout_at(deadline.into(), read).await {
                         Ok(r) => Ok(r),
                         Err(_) => {
-                            self.refuse(&mut client, Reject::HeadTimeout).await;
+                            let why = Reject::HeadTimeout;
+                            self.refuse(&mut client, why, &buf, client_ip, started)
+                                .await;
                             return None;
                         }
                     }
@@ -264,23 +305,31 @@ impl FastApp {
                     _ => return None,
                 }
             };
-            let req = match head {
+            let mut req = match head {
                 Head::Fast(req) => req,
                 Head::Partial => unreachable!("the loop above ends on a complete head"),
                 Head::Reject(r) => {
-                    self.refuse(&mut client, r).await;
+                    let started = head_started.unwrap_or_else(Instant::now);
+                    self.refuse(&mut client, r, &buf, client_ip, started).await;
                     return None;
                 }
                 Head::Redirect(location) => {
-                    self.redirect(&mut client, &location).await;
+                    let started = head_started.unwrap_or_else(Instant::now);
+                    self.redirect(&mut client, &location, &buf, client_ip, started)
+                        .await;
                     return None;
                 }
                 // Boxed: Pingora's session future is large, and inline it would size every
                 // connection's task.
                 Head::Handover => return Box::pin(self.hand_over(client, &buf, shutdown)).await,
             };
+            if let Err(r) = self.rate.check(req.path.get(&buf), client_ip) {
+                let started = head_started.unwrap_or_else(Instant::now);
+                self.refuse(&mut client, r, &buf, client_ip, started).await;
+                return None;
+            }
             let next = self
-                .serve(&mut client, &buf, &req, &routing, &scratch)
+                .serve(&mut client, &buf, &mut req, &routing, &scratch, client_ip)
                 .await;
             drop(routing);
             let _ = buf.split_to(req.head_len);
@@ -334,16 +383,21 @@ impl FastApp {
         &self,
         client: &mut L4Stream,
         buf: &[u8],
-        req: &Request,
+        req: &mut Request,
         routing: &Arc<Routing>,
         head: &[u8],
+        client_ip: IpAddr,
     ) -> Next {
         let start = Instant::now();
         let slot = routing.pick_slot();
         let _guard = routing.counters.enter(slot);
-        let (status, next) = match (&req.statics, routing.route(req.path.get(buf))) {
+        let route = routing.route(req.path.get(buf));
+        let headers: &RouteHeaders = route.map_or(&[], |r| &r.headers);
+        let done = match (&req.statics, route) {
             (Some(header), Some(route)) => {
-                let resp = self.statics.answer(header, routing, slot, route).await;
+                let mut resp = self.statics.answer(header, routing, slot, route).await;
+                self.edge.apply(headers, &mut resp.header, false);
+                let bytes = resp.body_len(req.head_method);
                 let mut extra = Vec::with_capacity(48);
                 self.slot_line(slot, &mut extra);
                 if req.close {
@@ -358,26 +412,43 @@ impl FastApp {
                 } else {
                     Next::KeepAlive
                 };
-                (status, next)
+                Answered {
+                    status,
+                    next,
+                    bytes,
+                    member: None,
+                }
             }
-            _ => self.proxy(client, req, routing, slot, head).await,
+            _ => self.proxy(client, req, routing, slot, head, headers).await,
         };
-        self.control
-            .metrics()
-            .observe(slot, status, start.elapsed());
-        next
+        let elapsed = start.elapsed();
+        self.control.metrics().observe(slot, done.status, elapsed);
+        if let Some(log) = &self.log {
+            log.log(Entry {
+                time: SystemTime::now() - elapsed,
+                client: Some(client_ip),
+                request: req.log.take().unwrap_or_default(),
+                status: done.status,
+                bytes: done.bytes,
+                duration: elapsed,
+                slot: Some(slot),
+                upstream: done.member.map(|m| m.address.clone()),
+            });
+        }
+        done.next
     }
 
     /// Relays the request to a member of `slot` and the response back, trying other members
     /// by the shared retry rules while nothing has reached the client.
-    async fn proxy(
+    async fn proxy<'r>(
         &self,
         client: &mut L4Stream,
         req: &Request,
-        routing: &Routing,
+        routing: &'r Routing,
         slot: SlotName,
         head: &[u8],
-    ) -> (u16, Next) {
+        headers: &RouteHeaders,
+    ) -> Answered<'r> {
         let pool = &routing.slot(slot).pool;
         let epoch = routing.counters.exchanges.cut_epoch(slot);
         let mut retries = Retries::default();
@@ -385,11 +456,13 @@ impl FastApp {
         loop {
             let Some(i) = pool.pick(retries.skip()) else {
                 let code = retries.exhausted_status();
-                return (self.respond_error(client, slot, code).await, Next::Close);
+                return Answered::error(self.respond_error(client, slot, code, headers).await);
             };
             let member = &pool.members()[i];
             let failure = match self
-                .attempt(client, req, routing, slot, member, fresh_only, head)
+                .attempt(
+                    client, req, routing, slot, member, fresh_only, head, headers,
+                )
                 .await
             {
                 Ok(done) => return done,
@@ -397,14 +470,14 @@ impl FastApp {
             };
             // A slot whose drain timed out is not retried on: its exchanges were cut on purpose.
             if routing.counters.exchanges.cut_epoch(slot) != epoch {
-                return (self.respond_error(client, slot, 503).await, Next::Close);
+                return Answered::error(self.respond_error(client, slot, 503, headers).await);
             }
             // GET and HEAD only here: always replayable until a response byte is sent.
             match retries.after(failure, i, pool.members().len(), true) {
                 Some(again) => fresh_only = again.fresh_only,
                 None => {
                     let code = failure.status();
-                    return (self.respond_error(client, slot, code).await, Next::Close);
+                    return Answered::error(self.respond_error(client, slot, code, headers).await);
                 }
             }
         }
@@ -412,28 +485,30 @@ impl FastApp {
 
     /// One attempt on `member`. Errors are returned only while nothing has reached the client.
     #[allow(clippy::too_many_arguments)]
-    async fn attempt(
+    async fn attempt<'r>(
         &self,
         client: &mut L4Stream,
         req: &Request,
         routing: &Routing,
         slot: SlotName,
-        member: &Member,
+        member: &'r Member,
         fresh_only: bool,
         head: &[u8],
-    ) -> Result<(u16, Next), Failure> {
+        headers: &RouteHeaders,
+    ) -> Result<Answered<'r>, Failure> {
         let exchanges = &routing.counters.exchanges;
         let mut ex: Exchange<'_> =
             upstream::send(member, exchanges, slot, fresh_only, head).await?;
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(1024);
-        let drop = self.slot_header.as_deref();
-        let h = upstream::read_head(&mut ex, client, req.head_method, drop, &mut ubuf, &mut out)
+        let drop = |name: &[u8]| self.edge.drops(headers, name);
+        let h = upstream::read_head(&mut ex, client, req.head_method, &drop, &mut ubuf, &mut out)
             .await?;
         if !h.has_date {
             date_line(&mut out);
         }
         self.slot_line(slot, &mut out);
+        self.edge.write_h1(headers, &mut out);
         let close_client = req.close || h.framing == crate::wire::response::Framing::UntilClose;
         if close_client {
             out.extend_from_slice(b"connection: close\r\n");
@@ -450,13 +525,25 @@ impl FastApp {
         } else {
             Next::Close
         };
-        Ok((h.status, next))
+        Ok(Answered {
+            status: h.status,
+            next,
+            bytes: done.sent,
+            member: Some(member),
+        })
     }
 
     /// The proxy's own error response, tagged with the slot; the connection closes after it.
-    async fn respond_error(&self, client: &mut L4Stream, slot: SlotName, code: u16) -> u16 {
+    async fn respond_error(
+        &self,
+        client: &mut L4Stream,
+        slot: SlotName,
+        code: u16,
+        headers: &RouteHeaders,
+    ) -> u16 {
         let mut extra = Vec::with_capacity(32);
         self.slot_line(slot, &mut extra);
+        self.edge.write_h1(headers, &mut extra);
         let mut out = Vec::with_capacity(256);
         own_response_h1(code, error_body(code), &extra, &mut out);
         let _ = client.write_all(&out).await;
@@ -465,21 +552,69 @@ impl FastApp {
     }
 
     /// Sends a plain request to https (`[listen] redirect_http`); the connection closes after.
-    async fn redirect(&self, client: &mut L4Stream, location: &str) {
-        let mut extra = b"location: ".to_vec();
-        extra.extend_from_slice(location.as_bytes());
-        extra.extend_from_slice(b"\r\n");
-        let mut out = Vec::with_capacity(256);
-        own_response_h1(308, "moved to https\n", &extra, &mut out);
-        let _ = client.write_all(&out).await;
-        let _ = client.flush().await;
+    async fn redirect(
+        &self,
+        client: &mut L4Stream,
+        location: &str,
+        buf: &[u8],
+        client_ip: IpAddr,
+        started: Instant,
+    ) {
+        let extra = format!("location: {location}\r\n").into_bytes();
+        let body = "moved to https\n";
+        self.close_with(client, 308, body, extra, buf, client_ip, started)
+            .await;
     }
 
-    /// Answers a request the policy refused; the connection closes after it.
-    async fn refuse(&self, client: &mut L4Stream, why: Reject) {
+    /// Answers a request the policy refused (its head, as read, at the start of `buf`); the
+    /// connection closes after it.
+    async fn refuse(
+        &self,
+        client: &mut L4Stream,
+        why: Reject,
+        buf: &[u8],
+        client_ip: IpAddr,
+        started: Instant,
+    ) {
+        let mut extra = Vec::new();
+        if let Some(s) = why.retry_after() {
+            extra.extend_from_slice(format!("retry-after: {s}\r\n").as_bytes());
+        }
+        let body = format!("{why}\n");
+        self.close_with(client, why.status(), &body, extra, buf, client_ip, started)
+            .await;
+    }
+
+    /// The proxy's own answer to a request that goes nowhere (refused, redirected): written
+    /// with the configured headers and `extra`, logged, then the connection closes.
+    #[allow(clippy::too_many_arguments)]
+    async fn close_with(
+        &self,
+        client: &mut L4Stream,
+        status: u16,
+        body: &str,
+        mut extra: Vec<u8>,
+        buf: &[u8],
+        client_ip: IpAddr,
+        started: Instant,
+    ) {
         let mut out = Vec::with_capacity(256);
-        own_response_h1(why.status(), &format!("{why}\n"), b"", &mut out);
+        self.edge.write_h1(&[], &mut extra);
+        own_response_h1(status, body, &extra, &mut out);
         let _ = client.write_all(&out).await;
         let _ = client.flush().await;
+        if let Some(log) = &self.log {
+            let duration = started.elapsed();
+            log.log(Entry {
+                time: SystemTime::now() - duration,
+                client: Some(client_ip),
+                request: Box::new(LogRequest::from_raw(buf)),
+                status,
+                bytes: body.len() as u64,
+                duration,
+                slot: None,
+                upstream: None,
+            });
+        }
     }
 }

@@ -5,6 +5,7 @@
 use bascule_config::LimitsConfig;
 use pingora_http::RequestHeader;
 
+use crate::wire::access_log::LogRequest;
 use crate::wire::forward::{Forwarded, Peer};
 use crate::wire::request::{
     check, write_upstream_h1, Body, Forwarding, RequestHead, Version, MAX_REQUEST_HEADERS,
@@ -32,6 +33,8 @@ pub(super) struct Request {
     pub(super) path: PathRef,
     /// For a static route: the header static serving reads (method, path, validators).
     pub(super) statics: Option<Box<RequestHeader>>,
+    /// What the access log shows of the head, when the log is on.
+    pub(super) log: Option<Box<LogRequest>>,
 }
 
 /// The normalised path: where it lies in the connection's buffer, or (rewritten) its own copy.
@@ -76,6 +79,8 @@ pub(super) struct Policy<'a> {
     /// Whether `path` goes to a static route (the head is then prepared for static serving
     /// rather than written for the upstream).
     pub(super) is_static: &'a dyn Fn(&str) -> bool,
+    /// The access log is on: copy what it shows of the head.
+    pub(super) log: bool,
 }
 
 /// Parses and checks the request head at the start of `buf`; for an upstream request, writes
@@ -146,11 +151,16 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         });
         None
     };
+    let log = policy.log.then(|| {
+        let headers = head.headers.iter().map(|h| (h.name, h.value));
+        Box::new(LogRequest::new(head.method, head.target, false, headers))
+    });
     Head::Fast(Request {
         head_len,
         head_method,
         close: c.close,
         path,
         statics,
+        log,
     })
 }

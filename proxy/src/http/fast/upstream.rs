@@ -73,12 +73,12 @@ pub(super) async fn send<'r>(
 }
 
 /// Reads the response head into `ubuf`; writes it, rewritten, to `out` (interim 1xx responses
-/// go straight to the client). `drop`: a header name the upstream may not set.
+/// go straight to the client). `drop`: the header names the upstream may not set.
 pub(super) async fn read_head(
     ex: &mut Exchange<'_>,
     client: &mut L4Stream,
     head_request: bool,
-    drop: Option<&[u8]>,
+    drop: &(dyn Fn(&[u8]) -> bool + Sync),
     ubuf: &mut BytesMut,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, Failure> {
@@ -114,6 +114,8 @@ pub(super) struct Relayed {
     pub(super) upstream_ok: bool,
     /// The client connection may serve another request.
     pub(super) client_ok: bool,
+    /// Body bytes written to the client.
+    pub(super) sent: u64,
 }
 
 /// Where the body stands once the head is read: how much of the bytes read with the head
@@ -195,12 +197,15 @@ pub(super) async fn relay_body(
     } = start;
     // Bytes past the response mean the upstream is out of step: never reuse it.
     let mut upstream_ok = !head.close && !trailing;
+    let mut sent = 0;
     if client.write_all(out).await.is_err() {
         return Relayed {
             upstream_ok: false,
             client_ok: false,
+            sent,
         };
     }
+    sent += in_buf as u64;
     let mut left = match head.framing {
         Framing::Length(n) => n - in_buf as u64,
         _ => u64::MAX,
@@ -210,6 +215,7 @@ pub(super) async fn relay_body(
             return Relayed {
                 upstream_ok: false,
                 client_ok: false,
+                sent,
             };
         }
         ubuf.clear();
@@ -222,6 +228,7 @@ pub(super) async fn relay_body(
                 return Relayed {
                     upstream_ok: false,
                     client_ok: false,
+                    sent,
                 }
             }
         };
@@ -237,6 +244,7 @@ pub(super) async fn relay_body(
                     return Relayed {
                         upstream_ok: false,
                         client_ok: false,
+                        sent,
                     }
                 }
             },
@@ -253,13 +261,16 @@ pub(super) async fn relay_body(
             return Relayed {
                 upstream_ok: false,
                 client_ok: false,
+                sent,
             };
         }
+        sent += take as u64;
     }
     let client_ok = client.flush().await.is_ok();
     Relayed {
         upstream_ok,
         client_ok,
+        sent,
     }
 }
 
