@@ -21,7 +21,7 @@ use clap::Parser;
     about = "Bascule beside nginx, same core, same load"
 )]
 pub(crate) struct Opts {
-    /// Scenarios to run (proxy, proxy-fwd, static-1k, static-100k, latency, flips, idle-conns);
+    /// Scenarios to run (proxy, proxy-edge, static-1k, static-100k, latency, flips, idle-conns);
     /// default: all.
     #[arg(long = "scenario")]
     pub(crate) scenarios: Vec<String>,
@@ -44,7 +44,7 @@ pub(crate) struct Opts {
 
 const ALL: [&str; 7] = [
     "proxy",
-    "proxy-fwd",
+    "proxy-edge",
     "static-1k",
     "static-100k",
     "latency",

@@ -383,8 +383,8 @@ fn latency(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
 pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
     match name {
         "proxy" => throughput("proxy", lab, opts, "/"),
-        "proxy-fwd" => throughput_of(
-            "proxy-fwd",
+        "proxy-edge" => throughput_of(
+            "proxy-edge",
             lab,
             opts,
             "/edge/",

@@ -99,8 +99,8 @@ pub(crate) struct Lab {
     pub(crate) admin: PathBuf,
     /// Bascule's process id.
     pub(crate) bascule_pid: u32,
-    /// A second Bascule with forwarded headers on (`X-Forwarded-*`, `X-Real-IP`), against
-    /// nginx's `/edge/` location, which sets the same headers as edges are configured.
+    /// A second Bascule configured as edges are (forwarded headers, access log in the combined
+    /// format to a file), against nginx's `/edge/` location, configured the same way.
     pub(crate) bascule_fwd_addr: SocketAddr,
     /// Its process id.
     pub(crate) bascule_fwd_pid: u32,
@@ -191,7 +191,7 @@ impl Lab {
                  server {{ listen 127.0.0.1:{front}; root {site};\n\
                    location /assets/ {{ expires 1y; add_header Cache-Control \"public, immutable\"; }}\n\
                    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
-                   location /edge/ {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                   location /edge/ {{ access_log {edge_log} combined; proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
                      proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;\n\
                      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
                      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }} }} }}\n",
@@ -199,6 +199,7 @@ impl Lab {
                 temp_paths(d),
                 inc = include.display(),
                 site = site.display(),
+                edge_log = d.join("nginx-edge-access.log").display(),
             ),
         )?;
         procs.push(spawn_pinned(
@@ -211,14 +212,22 @@ impl Lab {
 
         // Bascule: one thread, same site, same upstreams; bare (as nginx's `/`) and with
         // forwarded headers (as nginx's `/edge/`).
-        let start_bascule = |name: &str, forwarded: bool| -> anyhow::Result<(Guard, SocketAddr)> {
+        let start_bascule = |name: &str, edge: bool| -> anyhow::Result<(Guard, SocketAddr)> {
             let port = free_port()?;
+            let access_log = if edge {
+                format!(
+                    "[access_log]\npath = \"{}\"\nformat = \"combined\"\n",
+                    d.join(format!("{name}-access.log")).display()
+                )
+            } else {
+                String::new()
+            };
             let conf = d.join(format!("{name}.toml"));
             std::fs::write(
                 &conf,
                 format!(
                     "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
-                     [forwarding]\nx_forwarded = {forwarded}\n\
+                     [forwarding]\nx_forwarded = {edge}\n{access_log}\
                      [slots.blue]\nupstreams = [\"{b}\"]\nstatic_root = \"{s}\"\n\
                      [slots.green]\nupstreams = [\"{g}\"]\nstatic_root = \"{s}\"\n\
                      [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n",
