@@ -233,24 +233,24 @@ fn check_reports_a_bad_pair_at_the_cert_line() {
         b.key.display()
     );
     std::fs::write(&config, text).unwrap();
-    let out = Command::new(bascule_bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = check(&config);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(":7:"), "the `cert` key's line (7): {err}");
     assert!(err.contains("does not match"), "{err}");
     std::fs::remove_file(&a.cert).unwrap();
+    let (code, err) = check(&config);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(":7:") && err.contains("cannot read"), "{err}");
+}
+
+/// `bascule check -c config`: exit code and everything it printed.
+fn check(config: &Path) -> (Option<i32>, String) {
     let out = Command::new(bascule_bin())
         .args(["check", "-c"])
-        .arg(&config)
+        .arg(config)
         .output()
         .unwrap();
-    let err =
+    let text =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains(":7:") && err.contains("cannot read"), "{err}");
+    (out.status.code(), text)
 }
