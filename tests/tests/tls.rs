@@ -254,3 +254,28 @@ fn check(config: &Path) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     (out.status.code(), text)
 }
+
+#[test]
+fn plain_http_on_the_https_port_is_closed_and_harms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestCert::make(dir.path(), &["a.test"]);
+    let up = ScriptedUpstream::echo();
+    let (_proxy, https) = tls_proxy(dir.path(), &up, &[&a], "", "");
+    let mark = up.mark();
+    let mut raw = bascule_tests::raw::RawClient::connect(https).unwrap();
+    let _ = raw.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert!(
+        raw.closed_within(Duration::from_secs(5)),
+        "a plain request on the TLS port is not left hanging"
+    );
+    assert!(
+        up.requests_since(mark).is_empty(),
+        "nothing reached the upstream"
+    );
+    let mut conn = TlsConn::connect(https, "a.test", &[], false).unwrap();
+    let (head, _) = conn.request(&get("a.test", "/after")).unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "still serving TLS: {head}"
+    );
+}
