@@ -94,7 +94,13 @@ impl Routing {
     /// The route for `path`: the longest matching prefix, if any.
     #[inline]
     pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| path.starts_with(&r.prefix))
+        self.route_index(path).map(|i| &self.routes[i])
+    }
+
+    /// The index in [`Self::routes`] of the route for `path`, if any.
+    #[inline]
+    pub fn route_index(&self, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| path.starts_with(&r.prefix))
     }
 
     /// Where `path` goes: upstream unless a static route matches.

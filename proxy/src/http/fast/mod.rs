@@ -243,14 +243,18 @@ impl FastApp {
             let (routing, head) = loop {
                 if !buf.is_empty() {
                     let routing = self.control.load();
-                    let is_static = |p: &str| routing.target(p).0 == RouteTarget::Static;
+                    let route_of = |p: &str| {
+                        let i = routing.route_index(p);
+                        let to = i.map(|i| routing.routes[i].to);
+                        (i, to == Some(RouteTarget::Static))
+                    };
                     let policy = Policy {
                         redirect_to: self.redirect_to,
                         serve: self.enabled,
                         limits: &self.limits,
                         forwarding,
                         peer: &peer,
-                        is_static: &is_static,
+                        route_of: &route_of,
                         log: self.log.is_some(),
                     };
                     match request::parse(&buf, &policy, &mut scratch) {
@@ -329,7 +333,7 @@ impl FastApp {
                 return None;
             }
             let next = self
-                .serve(&mut client, &buf, &mut req, &routing, &scratch, client_ip)
+                .serve(&mut client, &mut req, &routing, &scratch, client_ip)
                 .await;
             drop(routing);
             let _ = buf.split_to(req.head_len);
@@ -382,7 +386,6 @@ impl FastApp {
     async fn serve(
         &self,
         client: &mut L4Stream,
-        buf: &[u8],
         req: &mut Request,
         routing: &Arc<Routing>,
         head: &[u8],
@@ -391,7 +394,8 @@ impl FastApp {
         let start = Instant::now();
         let slot = routing.pick_slot();
         let _guard = routing.counters.enter(slot);
-        let route = routing.route(req.path.get(buf));
+        // Found while the head was checked, with this same snapshot.
+        let route = req.route.map(|i| &routing.routes[i]);
         let headers: &RouteHeaders = route.map_or(&[], |r| &r.headers);
         let done = match (&req.statics, route) {
             (Some(header), Some(route)) => {

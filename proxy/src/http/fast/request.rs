@@ -31,6 +31,8 @@ pub(super) struct Request {
     pub(super) close: bool,
     /// The normalised path, for routing.
     pub(super) path: PathRef,
+    /// Its route in the snapshot the head was checked with, found once.
+    pub(super) route: Option<usize>,
     /// For a static route: the header static serving reads (method, path, validators).
     pub(super) statics: Option<Box<RequestHeader>>,
     /// What the access log shows of the head, when the log is on.
@@ -76,9 +78,9 @@ pub(super) struct Policy<'a> {
     pub(super) limits: &'a LimitsConfig,
     pub(super) forwarding: Forwarding,
     pub(super) peer: &'a Peer,
-    /// Whether `path` goes to a static route (the head is then prepared for static serving
-    /// rather than written for the upstream).
-    pub(super) is_static: &'a dyn Fn(&str) -> bool,
+    /// The route `path` takes, as an index into the snapshot's routes, and whether it is
+    /// static (the head is then prepared for static serving rather than written upstream).
+    pub(super) route_of: &'a dyn Fn(&str) -> (Option<usize>, bool),
     /// The access log is on: copy what it shows of the head.
     pub(super) log: bool,
 }
@@ -128,7 +130,8 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         }
         _ => PathRef::Owned(path_str.to_string()),
     };
-    let statics = if (policy.is_static)(path_str) {
+    let (route, is_static) = (policy.route_of)(path_str);
+    let statics = if is_static {
         let method = if head_method { "HEAD" } else { "GET" };
         let Ok(mut h) = RequestHeader::build(method, path_str.as_bytes(), Some(6)) else {
             return Head::Reject(Reject::BadRequest("the path is not a URI path"));
@@ -160,6 +163,7 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         head_method,
         close: c.close,
         path,
+        route,
         statics,
         log,
     })
