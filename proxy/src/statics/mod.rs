@@ -204,21 +204,23 @@ impl StaticFiles {
             Err(PathError::NotFound) => return StaticResponse::error(404, "not found\n"),
         };
         let hashed = is_hashed(&rel, self.hash_min_len);
-        let own = routing.slot(slot).static_root.clone();
-        let other = routing.slot(slot.other()).static_root.clone();
-        let roots: Vec<PathBuf> = if hashed {
-            own.iter().chain(other.iter()).cloned().collect()
-        } else {
-            own.iter().cloned().collect()
-        };
+        let own_root = routing.slot(slot).static_root.as_ref();
+        let other_root = routing.slot(slot.other()).static_root.as_ref();
         let cond = Conditions::of(req);
         if hashed {
-            for root in &roots {
+            // A hashed asset kept in memory is answered here, before anything is copied.
+            for root in own_root.into_iter().chain(other_root) {
                 if let Some(cached) = self.cached(&root.join(&rel)) {
                     return cached_response(&cond, &cached);
                 }
             }
         }
+        let own = own_root.cloned();
+        let roots: Vec<PathBuf> = if hashed {
+            own.iter().chain(other_root).cloned().collect()
+        } else {
+            own.iter().cloned().collect()
+        };
         let fallback = match (&route.spa_fallback, &own) {
             (Some(page), Some(root)) if !hashed => {
                 resolve(page).ok().map(|rel| (root.clone(), rel))
