@@ -26,7 +26,7 @@ use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry, LogRequest};
 use crate::wire::headers::EdgeHeaders;
 use crate::wire::rate_limit::RateLimits;
-use crate::wire::retry::{Failure, Retries};
+use crate::wire::retry::{self, Failure, Retries};
 use crate::wire::{error_body, forward, pingora};
 use crate::SlotName;
 
@@ -149,6 +149,8 @@ fn error_status(e: &Error) -> u16 {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                // The request body stalled past `[limits] body_timeout`.
+                ErrorType::ReadTimedout => 408,
                 _ => 400,
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -346,7 +348,7 @@ impl ProxyHttp for Bascule {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        let replayable = session.req_header().method.is_idempotent()
+        let replayable = retry::idempotent(session.req_header().method.as_str())
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
         let failure = match e.etype() {
@@ -363,10 +365,20 @@ impl ProxyHttp for Bascule {
     /// registers an accepted upgrade (101) as an upgraded connection of that slot.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // An HTTP/1.0 client reads no chunked framing: without it Pingora writes the body
+        // decoded and delimited by the close, as the fast path does.
+        if session.req_header().version == http::Version::HTTP_10
+            && upstream_response
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
         let slot_header = self
             .slot_header
             .as_ref()

@@ -12,6 +12,8 @@ pub(crate) struct Chunked {
     line_len: usize,
     /// The size line has at least one digit.
     digits: bool,
+    /// Data bytes declared so far (the sum of the chunk sizes read), for body limits.
+    total: u64,
 }
 
 /// Longest chunk extension or trailer line accepted.
@@ -46,6 +48,22 @@ impl Chunked {
     /// Consumes `buf`; returns how many of its bytes belong to the body once the body is
     /// complete, or `None` when all of `buf` belongs to it and more is to come.
     pub(crate) fn feed(&mut self, buf: &[u8]) -> Result<Option<usize>, BadChunk> {
+        self.feed_with(buf, |_| {})
+    }
+
+    /// Data bytes the body has declared so far: every chunk whose size line has been read
+    /// counts whole, so a limit is known to be crossed before that chunk's data is relayed.
+    pub(crate) fn declared(&self) -> u64 {
+        self.total
+    }
+
+    /// As [`Self::feed`], handing each run of data bytes (the body without its framing) to
+    /// `data`: how a chunked body is decoded for a client that cannot read chunked framing.
+    pub(crate) fn feed_with(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<Option<usize>, BadChunk> {
         let mut i = 0;
         while i < buf.len() {
             let b = buf[i];
@@ -80,6 +98,7 @@ impl Chunked {
                     }
                     self.digits = false;
                     self.line_len = 0;
+                    self.total = self.total.saturating_add(self.size);
                     self.state = if self.size == 0 {
                         ChunkState::TrailerStart
                     } else {
@@ -88,6 +107,7 @@ impl Chunked {
                 }
                 ChunkState::Data => {
                     let take = (buf.len() - i).min(self.size as usize);
+                    data(&buf[i..i + take]);
                     self.size -= take as u64;
                     i += take;
                     if self.size == 0 {
@@ -151,6 +171,25 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_is_decoded_and_declared_sizes_counted() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-T: 1\r\n\r\n";
+        for split in 0..body.len() {
+            let mut c = Chunked::default();
+            let mut out = Vec::new();
+            let first = c.feed_with(&body[..split], |d| out.extend_from_slice(d));
+            if first.unwrap().is_none() {
+                let end = c.feed_with(&body[split..], |d| out.extend_from_slice(d));
+                assert_eq!(end.unwrap(), Some(body.len() - split));
+            }
+            assert_eq!(out, b"Wikipedia", "split at {split}");
+            assert_eq!(c.declared(), 9);
+        }
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(b"100000\r\nab").unwrap(), None);
+        assert_eq!(c.declared(), 0x100000);
+    }
 
     #[test]
     fn chunked_end_is_found_across_splits() {

@@ -31,6 +31,9 @@ pub(crate) enum Reject {
     /// Head not complete within `[limits] header_timeout`: 408.
     #[error("request timeout: the request head did not arrive in time")]
     HeadTimeout,
+    /// No request body byte within `[limits] body_timeout`: 408.
+    #[error("request timeout: the request body stalled")]
+    BodyTimeout,
     /// A feature the proxy does not relay (a transfer coding other than chunked): 501.
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
@@ -46,7 +49,7 @@ impl Reject {
             Reject::BadRequest(_) => 400,
             Reject::HeadTooLarge => 431,
             Reject::BodyTooLarge => 413,
-            Reject::HeadTimeout => 408,
+            Reject::HeadTimeout | Reject::BodyTimeout => 408,
             Reject::NotImplemented(_) => 501,
             Reject::TooManyRequests(_) => 429,
         }

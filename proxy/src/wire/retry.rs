@@ -7,6 +7,14 @@
 //! replaced by a fresh one to the same member; a fresh connection that fails moves to another
 //! member; a timeout is answered (504), not multiplied.
 
+/// Whether a request with this method may be sent twice (RFC 9110 §9.2.2).
+pub(crate) fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+    )
+}
+
 /// How an attempt failed, before any response byte reached the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {

@@ -11,6 +11,8 @@
 //! HTTP/1.0, `Expect`) is handed, with the bytes already read put back, to Pingora's full proxy
 //! ([`crate::http::service::Bascule`]) for the rest of the connection; it applies the same policy.
 
+mod answer;
+mod body;
 mod park;
 mod request;
 mod upstream;
@@ -29,21 +31,23 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora_core::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::control::Control;
 use crate::http::service::Bascule;
 use crate::slots::routing::{Member, Routing};
 use crate::statics::StaticFiles;
-use crate::wire::access_log::{AccessLog, Entry, LogRequest};
+use crate::wire::access_log::{AccessLog, Entry};
 use crate::wire::forward::{self, Peer};
 use crate::wire::headers::{EdgeHeaders, RouteHeaders};
 use crate::wire::rate_limit::RateLimits;
 use crate::wire::request::Forwarding;
+use crate::wire::response::Framing;
 use crate::wire::retry::{Failure, Retries};
-use crate::wire::{date_line, error_body, own_response_h1, Reject};
+use crate::wire::{date_line, error_body, Reject};
 use crate::SlotName;
+use body::{BodyError, Incoming, Streamed};
 use park::Parking;
 use request::{Head, Policy, Request};
 use upstream::Exchange;
@@ -156,6 +160,16 @@ impl FastApp {
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         (forward::mode(&self.forwarding, addr), Peer::new(addr), addr)
     }
+}
+
+/// The request body still to relay, if any, and where it comes from.
+struct Relay<'b> {
+    /// The connection's buffer: the body's next bytes, then whatever the client sent after.
+    buf: &'b mut BytesMut,
+    /// The body's framing, as far as it has been read; `None` when it went with the head.
+    rest: &'b mut Option<Incoming>,
+    /// Part of the body has left: the request cannot be sent again.
+    started: bool,
 }
 
 /// How one request on the fast path ended.
@@ -315,6 +329,9 @@ impl FastApp {
                 Head::Reject(r) => {
                     let started = head_started.unwrap_or_else(Instant::now);
                     self.refuse(&mut client, r, &buf, client_ip, started).await;
+                    // The client may be sending a body (a 413): it is read and dropped a
+                    // while, so the answer is not lost to a reset.
+                    body::linger(&mut client).await;
                     return None;
                 }
                 Head::Redirect(location) => {
@@ -332,11 +349,39 @@ impl FastApp {
                 self.refuse(&mut client, r, &buf, client_ip, started).await;
                 return None;
             }
+            // What of the body came with the head goes upstream in the head's write; the rest
+            // is relayed as it arrives.
+            let mut body = Incoming::new(req.body, &self.limits);
+            let mut consumed = req.head_len;
+            if let Some(b) = &mut body {
+                match b.take(&buf[consumed..]) {
+                    Ok((n, done)) => {
+                        scratch.extend_from_slice(&buf[consumed..consumed + n]);
+                        consumed += n;
+                        if done {
+                            body = None;
+                        }
+                    }
+                    Err(r) => {
+                        let started = head_started.unwrap_or_else(Instant::now);
+                        self.refuse(&mut client, r, &buf, client_ip, started).await;
+                        body::linger(&mut client).await;
+                        return None;
+                    }
+                }
+            }
+            let _ = buf.split_to(consumed);
             let next = self
-                .serve(&mut client, &mut req, &routing, &scratch, client_ip)
+                .serve(
+                    &mut client,
+                    &mut req,
+                    &routing,
+                    &scratch,
+                    (&mut buf, body),
+                    client_ip,
+                )
                 .await;
             drop(routing);
-            let _ = buf.split_to(req.head_len);
             if buf.is_empty() {
                 buf = BytesMut::new();
             }
@@ -382,13 +427,16 @@ impl FastApp {
         None
     }
 
-    /// Serves one checked request; `head` is its upstream head, when it goes upstream.
+    /// Serves one checked request; `head` is its upstream head (and the body bytes read with
+    /// it), when it goes upstream; `body`: the connection's buffer, past the head, and the rest
+    /// of the body still to relay from it and the client.
     async fn serve(
         &self,
         client: &mut L4Stream,
         req: &mut Request,
         routing: &Arc<Routing>,
         head: &[u8],
+        body: (&mut BytesMut, Option<Incoming>),
         client_ip: IpAddr,
     ) -> Next {
         let start = Instant::now();
@@ -423,7 +471,16 @@ impl FastApp {
                     member: None,
                 }
             }
-            _ => self.proxy(client, req, routing, slot, head, headers).await,
+            _ => {
+                let (buf, mut rest) = body;
+                let mut relay = Relay {
+                    buf,
+                    rest: &mut rest,
+                    started: false,
+                };
+                self.proxy(client, req, routing, slot, head, headers, &mut relay)
+                    .await
+            }
         };
         let elapsed = start.elapsed();
         self.control.metrics().observe(slot, done.status, elapsed);
@@ -444,6 +501,7 @@ impl FastApp {
 
     /// Relays the request to a member of `slot` and the response back, trying other members
     /// by the shared retry rules while nothing has reached the client.
+    #[allow(clippy::too_many_arguments)]
     async fn proxy<'r>(
         &self,
         client: &mut L4Stream,
@@ -452,6 +510,7 @@ impl FastApp {
         slot: SlotName,
         head: &[u8],
         headers: &RouteHeaders,
+        body: &mut Relay<'_>,
     ) -> Answered<'r> {
         let pool = &routing.slot(slot).pool;
         let epoch = routing.counters.exchanges.cut_epoch(slot);
@@ -465,7 +524,7 @@ impl FastApp {
             let member = &pool.members()[i];
             let failure = match self
                 .attempt(
-                    client, req, routing, slot, member, fresh_only, head, headers,
+                    client, req, routing, slot, member, fresh_only, head, headers, body,
                 )
                 .await
             {
@@ -476,8 +535,9 @@ impl FastApp {
             if routing.counters.exchanges.cut_epoch(slot) != epoch {
                 return Answered::error(self.respond_error(client, slot, 503, headers).await);
             }
-            // GET and HEAD only here: always replayable until a response byte is sent.
-            match retries.after(failure, i, pool.members().len(), true) {
+            // Sent again only while the body is whole (it all went with the head).
+            let replayable = req.idempotent && !body.started;
+            match retries.after(failure, i, pool.members().len(), replayable) {
                 Some(again) => fresh_only = again.fresh_only,
                 None => {
                     let code = failure.status();
@@ -499,6 +559,7 @@ impl FastApp {
         fresh_only: bool,
         head: &[u8],
         headers: &RouteHeaders,
+        body: &mut Relay<'_>,
     ) -> Result<Answered<'r>, Failure> {
         let exchanges = &routing.counters.exchanges;
         let mut ex: Exchange<'_> =
@@ -506,23 +567,66 @@ impl FastApp {
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(1024);
         let drop = |name: &[u8]| self.edge.drops(headers, name);
+        // The upstream answered before the whole body was sent: the client's connection ends
+        // after the response, the rest of its body unread.
+        let mut early = false;
+        if let Some(rest) = body.rest.as_mut() {
+            body.started = true;
+            let m = req.head_method;
+            let streamed = body::stream(
+                &mut ex, client, body.buf, rest, &mut ubuf, &drop, m, &mut out,
+            );
+            match streamed.await {
+                Ok(Streamed::Sent) => {}
+                Ok(Streamed::Answered) => early = true,
+                Err(BodyError::Upstream) => return Err(Failure::Exchange),
+                Err(BodyError::Client(r)) => {
+                    let code = r.status();
+                    self.respond_error(client, slot, code, headers).await;
+                    body::linger(client).await;
+                    return Ok(Answered {
+                        member: Some(member),
+                        ..Answered::error(code)
+                    });
+                }
+                Err(BodyError::Gone) => {
+                    return Ok(Answered {
+                        bytes: 0,
+                        member: Some(member),
+                        ..Answered::error(400)
+                    })
+                }
+            }
+        }
         let h = upstream::read_head(&mut ex, client, req.head_method, &drop, &mut ubuf, &mut out)
             .await?;
+        // An HTTP/1.0 client reads no chunked framing: the body goes decoded, ended by close
+        // (the framing header is the last line of the head as rewritten).
+        let decode = req.h10 && h.framing == Framing::Chunked;
+        if decode {
+            const TE: &[u8] = b"transfer-encoding: chunked\r\n";
+            if out.ends_with(TE) {
+                out.truncate(out.len() - TE.len());
+            }
+        }
         if !h.has_date {
             date_line(&mut out);
         }
         self.slot_line(slot, &mut out);
         self.edge.write_h1(headers, &mut out);
-        let close_client = req.close || h.framing == crate::wire::response::Framing::UntilClose;
+        let close_client = req.close || early || h.framing == Framing::UntilClose;
         if close_client {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        let start = upstream::start(&h, &ubuf[h.len..], &mut out)?;
+        let start = upstream::start(&h, &ubuf[h.len..], &mut out, decode)?;
         let done = upstream::relay_body(&mut ex, client, &h, start, &out, &mut ubuf).await;
         // A slot that left duty while this request ran does not get its connection back.
-        if done.upstream_ok && self.control.takes_traffic(slot) {
+        if done.upstream_ok && !early && self.control.takes_traffic(slot) {
             member.idle.put(ex.conn.release(), self.upstream_idle_max);
+        } else if early {
+            std::mem::drop(ex);
+            body::linger(client).await;
         }
         let next = if done.client_ok && !close_client {
             Next::KeepAlive
@@ -535,90 +639,5 @@ impl FastApp {
             bytes: done.sent,
             member: Some(member),
         })
-    }
-
-    /// The proxy's own error response, tagged with the slot; the connection closes after it.
-    async fn respond_error(
-        &self,
-        client: &mut L4Stream,
-        slot: SlotName,
-        code: u16,
-        headers: &RouteHeaders,
-    ) -> u16 {
-        let mut extra = Vec::with_capacity(32);
-        self.slot_line(slot, &mut extra);
-        self.edge.write_h1(headers, &mut extra);
-        let mut out = Vec::with_capacity(256);
-        own_response_h1(code, error_body(code), &extra, &mut out);
-        let _ = client.write_all(&out).await;
-        let _ = client.flush().await;
-        code
-    }
-
-    /// Sends a plain request to https (`[listen] redirect_http`); the connection closes after.
-    async fn redirect(
-        &self,
-        client: &mut L4Stream,
-        location: &str,
-        buf: &[u8],
-        client_ip: IpAddr,
-        started: Instant,
-    ) {
-        let extra = format!("location: {location}\r\n").into_bytes();
-        let body = "moved to https\n";
-        self.close_with(client, 308, body, extra, buf, client_ip, started)
-            .await;
-    }
-
-    /// Answers a request the policy refused (its head, as read, at the start of `buf`); the
-    /// connection closes after it.
-    async fn refuse(
-        &self,
-        client: &mut L4Stream,
-        why: Reject,
-        buf: &[u8],
-        client_ip: IpAddr,
-        started: Instant,
-    ) {
-        let mut extra = Vec::new();
-        if let Some(s) = why.retry_after() {
-            extra.extend_from_slice(format!("retry-after: {s}\r\n").as_bytes());
-        }
-        let body = format!("{why}\n");
-        self.close_with(client, why.status(), &body, extra, buf, client_ip, started)
-            .await;
-    }
-
-    /// The proxy's own answer to a request that goes nowhere (refused, redirected): written
-    /// with the configured headers and `extra`, logged, then the connection closes.
-    #[allow(clippy::too_many_arguments)]
-    async fn close_with(
-        &self,
-        client: &mut L4Stream,
-        status: u16,
-        body: &str,
-        mut extra: Vec<u8>,
-        buf: &[u8],
-        client_ip: IpAddr,
-        started: Instant,
-    ) {
-        let mut out = Vec::with_capacity(256);
-        self.edge.write_h1(&[], &mut extra);
-        own_response_h1(status, body, &extra, &mut out);
-        let _ = client.write_all(&out).await;
-        let _ = client.flush().await;
-        if let Some(log) = &self.log {
-            let duration = started.elapsed();
-            log.log(Entry {
-                time: SystemTime::now() - duration,
-                client: Some(client_ip),
-                request: Box::new(LogRequest::from_raw(buf)),
-                status,
-                bytes: body.len() as u64,
-                duration,
-                slot: None,
-                upstream: None,
-            });
-        }
     }
 }

@@ -27,8 +27,14 @@ pub(super) struct Request {
     pub(super) head_len: usize,
     /// `HEAD`: the response has no body.
     pub(super) head_method: bool,
-    /// The client asked to close after this request.
+    /// The connection closes after this request (asked for, or an HTTP/1.0 client).
     pub(super) close: bool,
+    /// An HTTP/1.0 client: a chunked response reaches it decoded, delimited by the close.
+    pub(super) h10: bool,
+    /// The request body's framing.
+    pub(super) body: Body,
+    /// The method may be sent twice (while its body is still whole).
+    pub(super) idempotent: bool,
     /// The normalised path, for routing.
     pub(super) path: PathRef,
     /// Its route in the snapshot the head was checked with, found once.
@@ -61,7 +67,8 @@ pub(super) enum Head {
     Partial,
     /// Served here; the upstream request head (if it goes upstream) is in the scratch buffer.
     Fast(Request),
-    /// Valid, but for the full proxy (a body, an upgrade, HTTP/1.0, `Expect`).
+    /// Valid, but for the full proxy: an upgrade, `CONNECT`, an HTTP/1.0 request without
+    /// `Host`, a static route asked for with a body or another method than `GET` or `HEAD`.
     Handover,
     /// Refused by the policy: answered with this, then the connection closes.
     Reject(Reject),
@@ -112,16 +119,19 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         };
     }
     let head_method = head.method == "HEAD";
-    if !policy.serve
-        || (head.method != "GET" && !head_method)
-        || head.version != Version::H11
-        || c.body != Body::None
-        || c.upgrade
-        || c.expect_continue
-    {
+    let h10 = head.version == Version::H10;
+    // An upgrade turns the connection into a tunnel, CONNECT has no path to route, and an
+    // HTTP/1.0 request without `Host` has none to write upstream: Pingora's proxy has the
+    // machinery for each.
+    if !policy.serve || c.upgrade || head.method == "CONNECT" || (h10 && c.host.is_none()) {
         return Head::Handover;
     }
     let path_str = c.target.path();
+    let (route, is_static) = (policy.route_of)(path_str);
+    // Static files read no body: one would have to be read and dropped first.
+    if is_static && ((head.method != "GET" && !head_method) || c.body != Body::None) {
+        return Head::Handover;
+    }
     let path = match &c.target.path_and_query {
         // Borrowed from the head itself (not a constant such as the `/` of `http://h`).
         std::borrow::Cow::Borrowed(b) if buf.as_ptr_range().contains(&b.as_ptr()) => {
@@ -130,7 +140,6 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         }
         _ => PathRef::Owned(path_str.to_string()),
     };
-    let (route, is_static) = (policy.route_of)(path_str);
     let statics = if is_static {
         let method = if head_method { "HEAD" } else { "GET" };
         let Ok(mut h) = RequestHeader::build(method, path_str.as_bytes(), Some(6)) else {
@@ -161,7 +170,10 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
     Head::Fast(Request {
         head_len,
         head_method,
-        close: c.close,
+        close: c.close || h10,
+        h10,
+        body: c.body,
+        idempotent: crate::wire::retry::idempotent(head.method),
         path,
         route,
         statics,

@@ -72,8 +72,44 @@ pub(super) async fn send<'r>(
     Ok(ex)
 }
 
-/// Reads the response head into `ubuf`; writes it, rewritten, to `out` (interim 1xx responses
-/// go straight to the client). `drop`: the header names the upstream may not set.
+/// What the start of an upstream buffer holds of the response.
+pub(super) enum Seen {
+    /// Not a whole head yet.
+    Partial,
+    /// The final response head, rewritten into `out`.
+    Final(ResponseHead),
+}
+
+/// Parses the response head at the start of `ubuf`: interim responses (1xx but 101) are
+/// rewritten, relayed to the client and removed; a final head is rewritten into `out`.
+/// `drop`: the header names the upstream may not set.
+pub(super) async fn head_in(
+    ubuf: &mut BytesMut,
+    client: &mut L4Stream,
+    head_request: bool,
+    drop: &(dyn Fn(&[u8]) -> bool + Sync),
+    out: &mut Vec<u8>,
+) -> Result<Seen, Failure> {
+    loop {
+        out.clear();
+        match parse_response(ubuf, head_request, drop, out) {
+            Parsed::Partial if ubuf.len() < MAX_HEAD => return Ok(Seen::Partial),
+            Parsed::Partial | Parsed::Invalid => return Err(Failure::Exchange),
+            Parsed::Head(h) if h.status == 101 => return Err(Failure::Exchange),
+            // Interim responses (100, 103) are relayed as they are rewritten; the final one
+            // follows.
+            Parsed::Head(h) if (100..200).contains(&h.status) => {
+                out.extend_from_slice(b"\r\n");
+                let _ = client.write_all(out).await;
+                let _ = ubuf.split_to(h.len);
+            }
+            Parsed::Head(h) => return Ok(Seen::Final(h)),
+        }
+    }
+}
+
+/// Reads the response head into `ubuf` (which may hold its start already); writes it,
+/// rewritten, to `out`.
 pub(super) async fn read_head(
     ex: &mut Exchange<'_>,
     client: &mut L4Stream,
@@ -83,19 +119,8 @@ pub(super) async fn read_head(
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, Failure> {
     loop {
-        out.clear();
-        match parse_response(ubuf, head_request, drop, out) {
-            Parsed::Partial if ubuf.len() < MAX_HEAD => {}
-            Parsed::Partial | Parsed::Invalid => return Err(Failure::Exchange),
-            Parsed::Head(h) if h.status == 101 => return Err(Failure::Exchange),
-            // Interim responses (103) are relayed as they are rewritten; the final one follows.
-            Parsed::Head(h) if (100..200).contains(&h.status) => {
-                out.extend_from_slice(b"\r\n");
-                let _ = client.write_all(out).await;
-                let _ = ubuf.split_to(h.len);
-                continue;
-            }
-            Parsed::Head(h) => return Ok(h),
+        if let Seen::Final(h) = head_in(ubuf, client, head_request, drop, out).await? {
+            return Ok(h);
         }
         ubuf.reserve(READ_CHUNK);
         let read = ex.conn.stream().read_buf(ubuf);
@@ -124,57 +149,87 @@ pub(super) struct Start {
     /// Bytes after the response came with it: the upstream is out of step.
     trailing: bool,
     in_buf: usize,
+    /// Body bytes appended to `out` (fewer than `in_buf` when decoding).
+    in_out: usize,
     done: bool,
     tracker: Option<Chunked>,
+    /// A chunked body goes to the client decoded (an HTTP/1.0 client), delimited by close.
+    decode: bool,
 }
 
 /// Follows the framing over the body bytes that came with the head; a malformed chunked body
 /// is found here, while a 502 can still be sent.
-/// The body bytes that belong to the response are appended to `out`.
-pub(super) fn start(head: &ResponseHead, body: &[u8], out: &mut Vec<u8>) -> Result<Start, Failure> {
+/// The body bytes that belong to the response are appended to `out` (decoded from chunked
+/// framing when `decode`).
+pub(super) fn start(
+    head: &ResponseHead,
+    body: &[u8],
+    out: &mut Vec<u8>,
+    decode: bool,
+) -> Result<Start, Failure> {
+    let decode = decode && head.framing == Framing::Chunked;
+    let at = out.len();
     let s = match head.framing {
         Framing::Empty => Start {
             trailing: false,
             in_buf: 0,
+            in_out: 0,
             done: true,
             tracker: None,
+            decode,
         },
         Framing::Length(n) => {
             let have = (body.len() as u64).min(n) as usize;
             Start {
                 trailing: false,
                 in_buf: have,
+                in_out: 0,
                 done: have as u64 == n,
                 tracker: None,
+                decode,
             }
         }
         Framing::Chunked => {
             let mut t = Chunked::default();
-            match t.feed(body).map_err(|_| Failure::Exchange)? {
+            let fed = if decode {
+                t.feed_with(body, |d| out.extend_from_slice(d))
+            } else {
+                t.feed(body)
+            };
+            match fed.map_err(|_| Failure::Exchange)? {
                 Some(end) => Start {
                     trailing: false,
                     in_buf: end,
+                    in_out: 0,
                     done: true,
                     tracker: None,
+                    decode,
                 },
                 None => Start {
                     trailing: false,
                     in_buf: body.len(),
+                    in_out: 0,
                     done: false,
                     tracker: Some(t),
+                    decode,
                 },
             }
         }
         Framing::UntilClose => Start {
             trailing: false,
             in_buf: body.len(),
+            in_out: 0,
             done: false,
             tracker: None,
+            decode,
         },
     };
-    out.extend_from_slice(&body[..s.in_buf]);
+    if !decode {
+        out.extend_from_slice(&body[..s.in_buf]);
+    }
     Ok(Start {
         trailing: body.len() > s.in_buf,
+        in_out: out.len() - at,
         ..s
     })
 }
@@ -192,8 +247,10 @@ pub(super) async fn relay_body(
     let Start {
         trailing,
         in_buf,
+        in_out,
         mut done,
         mut tracker,
+        decode,
     } = start;
     // Bytes past the response mean the upstream is out of step: never reuse it.
     let mut upstream_ok = !head.close && !trailing;
@@ -205,7 +262,8 @@ pub(super) async fn relay_body(
             sent,
         };
     }
-    sent += in_buf as u64;
+    sent += in_out as u64;
+    let mut decoded = Vec::new();
     let mut left = match head.framing {
         Framing::Length(n) => n - in_buf as u64,
         _ => u64::MAX,
@@ -233,8 +291,14 @@ pub(super) async fn relay_body(
             }
         };
         let chunk = &ubuf[..n];
-        let take = match (&mut tracker, head.framing) {
-            (Some(t), _) => match t.feed(chunk) {
+        decoded.clear();
+        let fed = match &mut tracker {
+            Some(t) if decode => t.feed_with(chunk, |d| decoded.extend_from_slice(d)),
+            Some(t) => t.feed(chunk),
+            None => Ok(None),
+        };
+        let take = match (&tracker, head.framing) {
+            (Some(_), _) => match fed {
                 Ok(Some(end)) => {
                     done = true;
                     end
@@ -257,14 +321,15 @@ pub(super) async fn relay_body(
             _ => n,
         };
         upstream_ok &= take == n;
-        if client.write_all(&chunk[..take]).await.is_err() {
+        let relay = if decode { &decoded[..] } else { &chunk[..take] };
+        if client.write_all(relay).await.is_err() {
             return Relayed {
                 upstream_ok: false,
                 client_ok: false,
                 sent,
             };
         }
-        sent += take as u64;
+        sent += relay.len() as u64;
     }
     let client_ok = client.flush().await.is_ok();
     Relayed {
