@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use bascule_admin::FlipReply;
+use bascule_admin::{DrainReply, FlipReply};
 use bascule_tests::etcd::Etcd;
 use bascule_tests::http::{get, Conn};
 use bascule_tests::{wait_until, Proxy, ProxyConfig, Upstream};
@@ -60,18 +60,22 @@ fn wait_connected(p: &Proxy) {
     );
 }
 
-/// Flips `slot` through `via`; the time until every one of `all` serves it.
+/// Flips `slot` through `via`; the time until every one of `all` serves it (looked at every
+/// millisecond: `wait_until`'s 10 ms step would be most of what is measured).
 fn flip_and_measure(via: &Proxy, all: &[&Proxy], slot: &str) -> Duration {
     let started = Instant::now();
     let reply: FlipReply = via.call(&format!("flip {slot}")).expect("flip");
     assert!(reply.changed, "{reply:?}");
     // The instance that made the change replies once it serves it.
     assert_eq!(served(via), slot);
-    let everywhere = wait_until(Duration::from_secs(1), || {
-        all.iter().all(|p| served(p) == slot)
-    });
+    let deadline = started + Duration::from_secs(1);
+    let mut pending: Vec<&&Proxy> = all.iter().collect();
+    while !pending.is_empty() && Instant::now() < deadline {
+        pending.retain(|p| served(p) != slot);
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let took = started.elapsed();
-    assert!(everywhere, "{slot} not served everywhere within 1s");
+    assert!(pending.is_empty(), "{slot} not served everywhere within 1s");
     took
 }
 
@@ -280,6 +284,38 @@ fn a_watch_behind_a_compaction_reloads_the_state() {
     let cluster = p2.status().cluster.expect("cluster status");
     assert!(cluster.reloads >= 1, "{cluster:?}");
     assert_eq!(p2.status().generation, p1.status().generation);
+}
+
+#[test]
+fn drain_wait_waits_for_the_old_slot_on_every_live_instance() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let up = upstreams();
+    let e = etcd.endpoints();
+    let p1 = instance(&up, &e, "edge-1");
+    let p2 = instance(&up, &e, "edge-2");
+    wait_connected(&p1);
+    wait_connected(&p2);
+    let addr = p2.addr;
+    let started = Instant::now();
+    let slow = std::thread::spawn(move || get(addr, "/?delay_ms=2000"));
+    // edge-1 reads edge-2's in-flight count from its registration.
+    let seen = wait_until(Duration::from_secs(5), || {
+        p1.status().cluster.is_some_and(|c| {
+            c.instances
+                .iter()
+                .any(|i| i.name == "edge-2" && i.inflight.blue == 1)
+        })
+    });
+    assert!(seen, "{:?}", p1.status().cluster);
+    p1.admin_ok("flip green");
+    // Nothing is in flight on edge-1, but blue still drains on edge-2.
+    let d: DrainReply = p1.call("drain blue --wait --timeout 300ms").unwrap();
+    assert!(!d.drained, "{d:?}");
+    assert_eq!(d.inflight, 0);
+    let d: DrainReply = p1.call("drain blue --wait --timeout 10s").unwrap();
+    assert!(d.drained, "{d:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    assert_eq!(slow.join().unwrap().unwrap().status, 200);
 }
 
 /// Flip propagation to N instances on this host; run with

@@ -522,9 +522,15 @@ impl Control {
             }
         }
         self.config.store(Arc::new(new));
-        // Slot parts live in the cluster store: a reload changes them only through `set`.
+        // Slot parts live in the cluster store: a reload does not change them, `set` does.
         if self.cluster.is_some() {
             next.slots = current.slots.clone();
+            for c in changes
+                .iter_mut()
+                .filter(|c| c.starts_with("slots.") && *c != "slots.default")
+            {
+                *c = format!("{c}: kept; the cluster store holds it (use set)");
+            }
         }
         let (_, unsaved) = self.publish(next, None);
         tracing::info!(changes = ?changes, "config reloaded");

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use bascule_admin::{ClusterInstance, ClusterStatus};
 use bascule_config::ClusterConfig;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
 
 use crate::control::state::PersistedState;
 use crate::control::ControlError;
@@ -32,6 +34,10 @@ pub const UNREACHABLE: &str = "cluster store unreachable";
 
 /// Longest wait for one etcd request made for an admin command.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// gRPC's `UNAVAILABLE` status code.
+const UNAVAILABLE: i32 = 14;
+/// Wait before a request etcd said it could not serve is tried again.
+const RETRY_STEP: Duration = Duration::from_millis(20);
 /// Longest wait, after a commit, for this instance's watch to bring the change back.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -108,18 +114,33 @@ impl Link {
         let value = serde_json::to_vec(next).expect("state serialises");
         let txn = Txn::new()
             .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, base)])
-            .and_then([TxnOp::put(key.as_str(), value, None)])
+            .and_then([TxnOp::put(key.as_str(), value.clone(), None)])
             .or_else([TxnOp::get(key.as_str(), None)]);
         if let Some(t) = drain_timeout {
             *self.drain_timeout.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((next.generation, t));
         }
-        let mut client = self.client().await.map_err(|e| self.unreachable(e))?;
-        let resp = timed(client.txn(txn))
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let client = self.client().await.map_err(|e| self.unreachable(e))?;
+        let resp = retried(|| {
+            let (mut client, txn) = (client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })
+        .await
+        .map_err(|e| self.unreachable(e))?;
         let revision = resp.header().map_or(0, |h| h.revision());
         if !resp.succeeded() {
+            // A retried commit may have gone through the first time: then the value found is
+            // this very one.
+            let found = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+                _ => None,
+            });
+            if let Some((_, at)) = found.filter(|(v, _)| *v == value) {
+                return Ok(at);
+            }
             return Err(ControlError::Refused(format!(
                 "another change to the cluster's slot state came first (this one was based on \
                  revision {base}, the store is at {revision}); nothing changed: check status \
@@ -152,9 +173,12 @@ impl Link {
 
     /// The live instances, as registered; `Err` when etcd cannot be asked.
     pub async fn instances(&self) -> Result<Vec<ClusterInstance>, String> {
-        let mut client = self.client().await.map_err(|e| e.to_string())?;
-        let get = client.get(self.instances_key(), Some(GetOptions::new().with_prefix()));
-        let resp = timed(get).await?;
+        let client = self.client().await.map_err(|e| e.to_string())?;
+        let resp = retried(|| {
+            let (mut client, key) = (client.clone(), self.instances_key());
+            async move { client.get(key, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
         Ok(resp
             .kvs()
             .iter()
@@ -188,6 +212,29 @@ async fn timed<T>(
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err("no answer within 2s".into()),
+    }
+}
+
+/// `f`, tried again while etcd says it is unavailable (a member down: the client's balancer
+/// may still pick it) until [`REQUEST_TIMEOUT`] runs out.
+async fn retried<T, F, Fut>(mut f: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(etcd_client::Error::GRpcStatus(s)))
+                if i32::from(s.code()) == UNAVAILABLE
+                    && tokio::time::Instant::now() + RETRY_STEP < deadline =>
+            {
+                tokio::time::sleep(RETRY_STEP).await;
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("no answer within 2s".into()),
+        }
     }
 }
 
