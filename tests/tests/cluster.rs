@@ -350,3 +350,47 @@ fn propagation_to_1_3_10_instances() {
         );
     }
 }
+
+/// Requests per second on one instance with and without `[cluster]` (the watch only swaps
+/// the snapshot the request path loads); run with
+/// `cargo test --release -p bascule-tests --test cluster -- --ignored --nocapture request_rate`.
+#[test]
+#[ignore = "a measurement: run it explicitly"]
+fn request_rate_with_and_without_cluster() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let up = upstreams();
+    let clustered = instance(&up, &etcd.endpoints(), "edge-1");
+    wait_connected(&clustered);
+    let single = Proxy::start(&ProxyConfig {
+        blue: vec![up.blue.addr()],
+        green: vec![up.green.addr()],
+        ..Default::default()
+    });
+    let rate = |p: &Proxy| {
+        let addr = p.addr;
+        let window = Duration::from_secs(3);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut conn = Conn::connect(addr).expect("connect");
+                    let end = Instant::now() + window;
+                    let mut n = 0u64;
+                    while Instant::now() < end && n < 1_000_000 {
+                        assert_eq!(conn.get("/", &[]).expect("response").status, 200);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let n: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        n as f64 / window.as_secs_f64()
+    };
+    for round in 1..=2 {
+        let (with, without) = (rate(&clustered), rate(&single));
+        println!(
+            "round {round}: {with:.0} req/s with [cluster], {without:.0} req/s without \
+             (4 keep-alive connections, 3 s each)"
+        );
+    }
+}
