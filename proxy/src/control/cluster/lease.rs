@@ -8,7 +8,7 @@ use std::time::Duration;
 use bascule_admin::{ClusterInstance, SlotCounts};
 use etcd_client::{Client, PutOptions};
 
-use crate::control::cluster::{timed, Link};
+use crate::control::cluster::{timed, Link, StoreError};
 use crate::control::Control;
 use crate::SlotName;
 
@@ -47,8 +47,8 @@ async fn registered(
     control: &Control,
     link: &Link,
     tick: &mut tokio::time::Interval,
-) -> Result<(), String> {
-    let mut client = link.client().await.map_err(|e| e.to_string())?;
+) -> Result<(), StoreError> {
+    let mut client = link.client().await?;
     let grant = timed(client.lease_grant(TTL_SECONDS, None)).await?;
     let lease = grant.id();
     let (mut keeper, mut answers) = timed(client.lease_keep_alive(lease)).await?;
@@ -64,7 +64,7 @@ async fn registered(
         timed(keeper.keep_alive()).await?;
         match timed(answers.message()).await? {
             Some(a) if a.ttl() > 0 => {}
-            _ => return Err("lease expired".into()),
+            _ => return Err(StoreError::LeaseExpired),
         }
     }
 }
@@ -74,7 +74,7 @@ async fn put(
     key: &str,
     value: &ClusterInstance,
     lease: i64,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     let json = serde_json::to_vec(value).expect("report serialises");
     let options = PutOptions::new().with_lease(lease);
     timed(client.put(key, json, Some(options)))

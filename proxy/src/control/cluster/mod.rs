@@ -9,10 +9,27 @@
 //! `PREFIX/instances/NAME`, bound to a lease ([`lease`]).
 //!
 //! When etcd cannot be reached, the last state stays in force (and in the state file), and
-//! changes are refused with [`UNREACHABLE`] until the watch is back.
+//! changes are refused ([`ControlError::Unreachable`]) until the watch is back.
 
 mod lease;
 mod watch;
+
+/// Why a request to etcd did not get its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The client or etcd said why.
+    #[error(transparent)]
+    Etcd(#[from] etcd_client::Error),
+    /// Nothing came back in time (no member answered, or no leader).
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    NoAnswer(Duration),
+    /// The watch stopped without an error from the client.
+    #[error("watch {0}")]
+    WatchEnded(String),
+    /// The lease this instance registered under is gone (expired while etcd was away).
+    #[error("lease expired")]
+    LeaseExpired,
+}
 
 pub use watch::ClusterService;
 
@@ -28,9 +45,6 @@ use etcd_client::{
 
 use crate::control::state::PersistedState;
 use crate::control::ControlError;
-
-/// The reason a change is refused while etcd cannot be reached.
-pub const UNREACHABLE: &str = "cluster store unreachable";
 
 /// Longest wait for one etcd request made for an admin command.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -92,11 +106,11 @@ impl Link {
         Ok(c.clone())
     }
 
-    fn unreachable(&self, why: impl std::fmt::Display) -> ControlError {
-        ControlError::Refused(format!(
-            "{UNREACHABLE} ({}: {why}); nothing changed",
-            self.config.etcd.join(",")
-        ))
+    fn unreachable(&self, source: Option<StoreError>) -> ControlError {
+        ControlError::Unreachable {
+            endpoints: self.config.etcd.join(","),
+            why: source.map_or_else(|| "not connected".into(), |e| e.to_string()),
+        }
     }
 
     /// Commits `next` if the stored state is still the one in force here; returns the
@@ -108,7 +122,7 @@ impl Link {
     ) -> Result<i64, ControlError> {
         let base = *self.applied.borrow();
         if !self.connected.load(Ordering::SeqCst) || base == 0 {
-            return Err(self.unreachable("not connected"));
+            return Err(self.unreachable(None));
         }
         let key = self.state_key();
         let value = serde_json::to_vec(next).expect("state serialises");
@@ -120,13 +134,16 @@ impl Link {
             *self.drain_timeout.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((next.generation, t));
         }
-        let client = self.client().await.map_err(|e| self.unreachable(e))?;
+        let client = self
+            .client()
+            .await
+            .map_err(|e| self.unreachable(Some(e.into())))?;
         let resp = retried(|| {
             let (mut client, txn) = (client.clone(), txn.clone());
             async move { client.txn(txn).await }
         })
         .await
-        .map_err(|e| self.unreachable(e))?;
+        .map_err(|e| self.unreachable(Some(e)))?;
         let revision = resp.header().map_or(0, |h| h.revision());
         if !resp.succeeded() {
             // A retried commit may have gone through the first time: then the value found is
@@ -141,11 +158,10 @@ impl Link {
             if let Some((_, at)) = found.filter(|(v, _)| *v == value) {
                 return Ok(at);
             }
-            return Err(ControlError::Refused(format!(
-                "another change to the cluster's slot state came first (this one was based on \
-                 revision {base}, the store is at {revision}); nothing changed: check status \
-                 and try again"
-            )));
+            return Err(ControlError::Conflict {
+                base,
+                now: revision,
+            });
         }
         Ok(revision)
     }
@@ -172,8 +188,8 @@ impl Link {
     }
 
     /// The live instances, as registered; `Err` when etcd cannot be asked.
-    pub async fn instances(&self) -> Result<Vec<ClusterInstance>, String> {
-        let client = self.client().await.map_err(|e| e.to_string())?;
+    pub async fn instances(&self) -> Result<Vec<ClusterInstance>, StoreError> {
+        let client = self.client().await?;
         let resp = retried(|| {
             let (mut client, key) = (client.clone(), self.instances_key());
             async move { client.get(key, Some(GetOptions::new().with_prefix())).await }
@@ -208,16 +224,16 @@ impl Link {
 /// `f`, or an error when etcd does not answer within [`REQUEST_TIMEOUT`].
 async fn timed<T>(
     f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, String> {
+) -> Result<T, StoreError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("no answer within 2s".into()),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError::NoAnswer(REQUEST_TIMEOUT)),
     }
 }
 
 /// `f`, tried again while etcd says it is unavailable (a member down: the client's balancer
 /// may still pick it) until [`REQUEST_TIMEOUT`] runs out.
-async fn retried<T, F, Fut>(mut f: F) -> Result<T, String>
+async fn retried<T, F, Fut>(mut f: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -232,8 +248,8 @@ where
             {
                 tokio::time::sleep(RETRY_STEP).await;
             }
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("no answer within 2s".into()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(StoreError::NoAnswer(REQUEST_TIMEOUT)),
         }
     }
 }

@@ -16,7 +16,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
 use crate::control::auto_rollback::record_of;
-use crate::control::cluster::{lease, timed, Link};
+use crate::control::cluster::{lease, timed, Link, StoreError};
 use crate::control::state::PersistedState;
 use crate::control::{persisted, Control};
 use crate::slots::routing::Pool;
@@ -32,7 +32,7 @@ enum End {
     /// etcd compacted the revisions it was to resume from: read everything again.
     Compacted,
     /// The connection was lost; resume after `last`, the last revision seen.
-    Lost { last: i64, why: String },
+    Lost { last: i64, why: StoreError },
 }
 
 /// The watch and the registration, as a Pingora background service.
@@ -95,9 +95,9 @@ async fn follow(control: &Control, link: &Link) {
 }
 
 /// Marks the link down and waits before the next attempt.
-async fn lost(link: &Link, why: &str, wait: &mut Duration) {
+async fn lost(link: &Link, why: &StoreError, wait: &mut Duration) {
     if link.connected.swap(false, Ordering::SeqCst) {
-        tracing::warn!(error = %why, "{}; serving the last state", super::UNREACHABLE);
+        tracing::warn!(error = %why, "cluster store unreachable; serving the last state");
     }
     tokio::time::sleep(*wait).await;
     *wait = (*wait * 2).min(BACKOFF_MAX);
@@ -105,8 +105,8 @@ async fn lost(link: &Link, why: &str, wait: &mut Duration) {
 
 /// Reads the state (creating it from this instance's when there is none) and publishes it;
 /// returns the revision the read was made at.
-async fn load(control: &Control, link: &Link) -> Result<i64, String> {
-    let mut client = link.client().await.map_err(|e| e.to_string())?;
+async fn load(control: &Control, link: &Link) -> Result<i64, StoreError> {
+    let mut client = link.client().await?;
     let key = link.state_key();
     let mut resp = timed(client.get(key.as_str(), None)).await?;
     if resp.kvs().is_empty() {
@@ -127,10 +127,10 @@ async fn load(control: &Control, link: &Link) -> Result<i64, String> {
 /// Publishes every change from `start` on, until the watch ends.
 async fn watch(control: &Control, link: &Link, start: i64, wait: &mut Duration) -> End {
     let last = start - 1;
-    let lost = |why: String| End::Lost { last, why };
+    let lost = |why: StoreError| End::Lost { last, why };
     let mut client = match link.client().await {
         Ok(c) => c,
-        Err(e) => return lost(e.to_string()),
+        Err(e) => return lost(e.into()),
     };
     let options = WatchOptions::new().with_start_revision(start);
     let mut stream = match timed(client.watch(link.state_key(), Some(options))).await {
@@ -144,13 +144,13 @@ async fn watch(control: &Control, link: &Link, start: i64, wait: &mut Duration) 
             Ok(None) => {
                 return End::Lost {
                     last,
-                    why: "watch closed".into(),
+                    why: StoreError::WatchEnded("closed by etcd".into()),
                 }
             }
             Err(e) => {
                 return End::Lost {
                     last,
-                    why: e.to_string(),
+                    why: e.into(),
                 }
             }
         };
@@ -158,7 +158,7 @@ async fn watch(control: &Control, link: &Link, start: i64, wait: &mut Duration) 
             return End::Compacted;
         }
         if resp.canceled() {
-            let why = format!("watch canceled: {}", resp.cancel_reason());
+            let why = StoreError::WatchEnded(format!("canceled: {}", resp.cancel_reason()));
             return End::Lost { last, why };
         }
         if resp.created() && !link.connected.swap(true, Ordering::SeqCst) {
