@@ -46,6 +46,16 @@ pub enum ControlError {
         /// The store's revision when it was refused.
         now: i64,
     },
+    /// With `[cluster]`: the change was committed, but this instance's watch did not bring it
+    /// back in time (etcd went away just then); it applies it once the watch is back.
+    #[error(
+        "committed to the cluster store at revision {revision}, but not yet applied here: the \
+         watch is reconnecting; check status"
+    )]
+    NotApplied {
+        /// The revision of the commit.
+        revision: i64,
+    },
     /// `reload` found the config file unusable; the config in force is kept.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -234,10 +234,7 @@ impl Control {
         let caught_up = link.wait_applied(revision).await;
         let w = self.write.lock().await;
         if !caught_up {
-            let why = format!(
-                "committed to the cluster store at revision {revision}, but not yet applied here"
-            );
-            return (w, Err(ControlError::Refused(why)));
+            return (w, Err(ControlError::NotApplied { revision }));
         }
         (w, Ok((self.load(), None)))
     }
