@@ -318,6 +318,28 @@ fn status_table(s: &Status, out: &mut String) {
             r.at, r.from, r.to, r.reason
         ));
     }
+    if let Some(c) = &s.cluster {
+        out.pop();
+        out.push_str(&format!(
+            "cluster: {} {} as {}   revision: {}   {}\n",
+            c.endpoints.join(","),
+            c.prefix,
+            c.name,
+            c.revision,
+            if c.connected {
+                "connected"
+            } else {
+                "UNREACHABLE"
+            },
+        ));
+        for i in &c.instances {
+            out.push_str(&format!(
+                "  instance {}: generation {}, in flight blue {} green {}\n",
+                i.name, i.generation, i.inflight.blue, i.inflight.green
+            ));
+        }
+        out.push('\n');
+    }
     out.push_str(&format!(
         "{:<6} {:<9} {:<10} {:>8}  {}\n",
         "SLOT", "STATE", "VERSION", "INFLIGHT", "UPSTREAMS"

@@ -22,10 +22,10 @@ pub mod server;
 
 pub use command::{Command, ParseError, SetField, HELP};
 pub use reply::{
-    parse_reply, progress_line, progress_of, reply_line, DeployReply, DrainReply, DrainTimes,
-    FlipReply, HealthReply, HelpReply, LastRollback, MemberHealth, ProgressLine, ReloadReply,
-    Reply, SetReply, SlotState, SlotStatus, Slots, Status, Step, StepDetail, Upstream, Weights,
-    WeightsReply,
+    parse_reply, progress_line, progress_of, reply_line, ClusterInstance, ClusterStatus,
+    DeployReply, DrainReply, DrainTimes, FlipReply, HealthReply, HelpReply, LastRollback,
+    MemberHealth, ProgressLine, ReloadReply, Reply, SetReply, SlotCounts, SlotState, SlotStatus,
+    Slots, Status, Step, StepDetail, Upstream, Weights, WeightsReply,
 };
 pub use stats::{
     buckets_since, percentile, LatencyBucket, MonitorSample, Percentiles, SlotRate, SlotStats,

@@ -17,6 +17,8 @@ use crate::Command;
 /// A successful reply, as the handler returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+// One reply per admin command: its size is of no consequence, and boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     /// `status`.
     Status(Status),
@@ -79,6 +81,58 @@ pub struct Status {
     /// The last automatic rollback, when there has been one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback: Option<LastRollback>,
+    /// The shared slot state, when this instance has a `[cluster]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// `status`'s `cluster` object: the etcd store and the live instances sharing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The etcd endpoints.
+    pub endpoints: Vec<String>,
+    /// The key prefix shared by the instances.
+    pub prefix: String,
+    /// This instance's name.
+    pub name: String,
+    /// The etcd revision of the slot state this instance serves.
+    pub revision: i64,
+    /// Whether this instance's watch is connected to etcd now.
+    pub connected: bool,
+    /// Times the whole state was read again because the watch fell behind a compaction.
+    pub reloads: u64,
+    /// The live instances (registered under a lease), by name.
+    pub instances: Vec<ClusterInstance>,
+}
+
+/// One live instance, as it registers itself under `PREFIX/instances/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInstance {
+    /// Its name.
+    pub name: String,
+    /// The generation of the snapshot it serves.
+    pub generation: u64,
+    /// Requests in flight on each slot.
+    pub inflight: SlotCounts,
+}
+
+/// A count per slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotCounts {
+    /// Blue's count.
+    pub blue: u64,
+    /// Green's count.
+    pub green: u64,
+}
+
+impl SlotCounts {
+    /// The count of `slot`.
+    pub fn get(&self, slot: SlotName) -> u64 {
+        match slot {
+            SlotName::Blue => self.blue,
+            SlotName::Green => self.green,
+        }
+    }
 }
 
 /// An automatic rollback, in `status` and in the state file.
@@ -450,6 +504,7 @@ mod tests {
                 green: slot(SlotState::Idle),
             },
             last_rollback: None,
+            cluster: None,
         };
         let line = reply_line(&Ok(Reply::Status(status.clone())));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

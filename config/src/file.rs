@@ -44,6 +44,7 @@ pub(crate) struct FileConfig {
     pub(crate) headers: crate::headers::file::Headers,
     #[serde(default)]
     pub(crate) rate_limits: Vec<crate::rate_limits::file::RateLimit>,
+    pub(crate) cluster: Option<crate::cluster::file::Cluster>,
 }
 
 #[derive(Debug, Deserialize, Default)]

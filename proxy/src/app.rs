@@ -19,6 +19,7 @@ use pingora_core::services::listening::Service;
 
 use crate::admin::handler::{AdminHandler, AdminService};
 use crate::admin::metrics_endpoint::MetricsService;
+use crate::control::cluster::ClusterService;
 use crate::control::health_check::HealthChecker;
 use crate::control::Control;
 use crate::http::fast::FastApp;
@@ -134,6 +135,12 @@ impl App {
         if !opts.upgrade {
             let listener = bascule_admin::server::bind(&config.admin.socket, config.admin.mode)?;
             server.add_service(admin_service(listener, &control));
+        }
+        if control.cluster().is_some() {
+            server.add_service(background_service(
+                "bascule cluster",
+                ClusterService::new(control.clone()),
+            ));
         }
         server.add_service(background_service(
             "bascule health",

@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests: the real `bascule` binary, real upstreams, real sockets,
 //! loopback only, ephemeral ports, deadlines instead of sleeps.
 
+pub mod etcd;
 pub mod http;
 mod mode;
 mod proxy;

@@ -100,9 +100,8 @@ pub(crate) async fn deploy(
             true,
             StepDetail::Flip(flip_reply(outcome.clone(), warning)),
         );
-        let counters = control.load().counters.clone();
-        let drained = from == slot || counters.wait_drained(from, timeout).await;
-        let inflight = counters.inflight(from);
+        let drained = from == slot || control.wait_drained_everywhere(from, timeout).await;
+        let inflight = control.load().counters.inflight(from);
         steps.push(
             "drain",
             drained,

@@ -97,6 +97,7 @@ fn status(r: &Routing) -> Status {
             green: slot_status(r, SlotName::Green),
         },
         last_rollback: r.last_rollback.as_deref().map(last_rollback),
+        cluster: None,
     }
 }
 
@@ -205,7 +206,13 @@ impl Handler for AdminHandler {
     ) -> Result<Reply, String> {
         let c = &self.control;
         let reply = match cmd {
-            Command::Status => Reply::Status(status(&c.load())),
+            Command::Status => {
+                let mut s = status(&c.load());
+                if let Some(link) = c.cluster() {
+                    s.cluster = Some(link.status().await);
+                }
+                Reply::Status(s)
+            }
             Command::Help => Reply::Help(HelpReply {
                 commands: HELP.iter().map(|h| h.to_string()).collect(),
             }),
@@ -237,8 +244,7 @@ impl Handler for AdminHandler {
             } => {
                 let counters = c.load().counters.clone();
                 let drained = if wait {
-                    counters
-                        .wait_drained(slot, timeout.unwrap_or(DEFAULT_WAIT))
+                    c.wait_drained_everywhere(slot, timeout.unwrap_or(DEFAULT_WAIT))
                         .await
                 } else {
                     counters.inflight(slot) == 0

@@ -38,7 +38,7 @@ pub fn last_rollback(r: &RollbackRecord) -> LastRollback {
 }
 
 /// A record read back from the state file (`None` when its time does not parse).
-pub(super) fn record_of(p: &LastRollback) -> Option<Arc<RollbackRecord>> {
+pub(crate) fn record_of(p: &LastRollback) -> Option<Arc<RollbackRecord>> {
     Some(Arc::new(RollbackRecord {
         at: humantime::parse_rfc3339(&p.at).ok()?,
         from: p.from,
@@ -159,7 +159,7 @@ impl Control {
         };
         // The rollback ends the watch and starts none: no oscillation.
         self.watch_token.fetch_add(1, Ordering::SeqCst);
-        match self.apply_flip(&w, back_to, None, Some(record)) {
+        match self.apply_flip(w, back_to, None, Some(record)).await.1 {
             Ok(_) | Err(ControlError::NotPersisted { .. }) => {
                 self.metrics.auto_rollbacks.inc();
                 tracing::warn!(from = %slot, to = %back_to, %reason, "automatic rollback");

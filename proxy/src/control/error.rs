@@ -26,6 +26,36 @@ pub enum ControlError {
         /// Which address failed, and why.
         source: PoolError,
     },
+    /// With `[cluster]`: etcd cannot be reached, so no change can be made; the last state
+    /// stays in force.
+    #[error("cluster store unreachable ({endpoints}: {why}); nothing changed")]
+    Unreachable {
+        /// The etcd endpoints tried.
+        endpoints: String,
+        /// What failed.
+        why: String,
+    },
+    /// With `[cluster]`: another change was committed since the state this one was built on.
+    #[error(
+        "another change to the cluster's slot state came first (this one was based on \
+         revision {base}, the store is at {now}); nothing changed: check status and try again"
+    )]
+    Conflict {
+        /// The revision this change was based on.
+        base: i64,
+        /// The store's revision when it was refused.
+        now: i64,
+    },
+    /// With `[cluster]`: the change was committed, but this instance's watch did not bring it
+    /// back in time (etcd went away just then); it applies it once the watch is back.
+    #[error(
+        "committed to the cluster store at revision {revision}, but not yet applied here: the \
+         watch is reconnecting; check status"
+    )]
+    NotApplied {
+        /// The revision of the commit.
+        revision: i64,
+    },
     /// `reload` found the config file unusable; the config in force is kept.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -8,8 +8,13 @@
 //! A change that went live stays live, with all its side effects, even when the state file
 //! cannot be written: the caller gets [`ControlError::NotPersisted`] carrying the outcome, and
 //! says so to the user instead of pretending the change failed.
+//!
+//! With `[cluster]`, a change is not stored here: it is committed to etcd
+//! ([`cluster`]), and this instance, like every other, publishes it when its watch brings it
+//! back. The request path still only loads the snapshot.
 
 mod auto_rollback;
+pub mod cluster;
 mod drain_watch;
 mod error;
 pub mod health_check;
@@ -60,10 +65,15 @@ pub struct Control {
     me: Weak<Control>,
     /// Bumped by every flip and weights change: a rollback watch stands down when it moved.
     watch_token: AtomicU64,
+    /// The shared slot state, with `[cluster]`.
+    cluster: Option<Arc<cluster::Link>>,
 }
 
 /// Proof that the caller holds [`Control`]'s write lock.
 type WriteGuard<'a> = tokio::sync::MutexGuard<'a, ()>;
+
+/// A snapshot made live, and why the state file was not written, if it was not.
+type Published = Result<(Arc<Routing>, Option<StateError>), ControlError>;
 
 impl Control {
     /// Builds the first snapshot from `config`, overlaid with the state file when there is one.
@@ -115,6 +125,7 @@ impl Control {
                 .and_then(auto_rollback::record_of),
         };
         metrics.set_active(routing.active);
+        let cluster = config.cluster.clone().map(cluster::Link::new);
         let control = Arc::new_cyclic(|me| Control {
             routing: ArcSwap::from_pointee(routing),
             config: ArcSwap::from_pointee(config),
@@ -123,6 +134,7 @@ impl Control {
             certs: std::sync::OnceLock::new(),
             me: me.clone(),
             watch_token: AtomicU64::new(0),
+            cluster,
         });
         Ok((control, warning))
     }
@@ -159,12 +171,42 @@ impl Control {
         &self.metrics
     }
 
+    /// The shared slot state, with `[cluster]`.
+    pub fn cluster(&self) -> Option<&Arc<cluster::Link>> {
+        self.cluster.as_ref()
+    }
+
     /// Stores `next` and persists it; the change is live whatever the state file says, so a
     /// failed write is returned beside it, not instead of it. Caller holds the write lock.
-    fn publish(&self, next: Routing) -> (Arc<Routing>, Option<StateError>) {
+    ///
+    /// When `next` has another active slot, the slot left starts draining, watched until it
+    /// has drained or `drain_timeout` (default: `[drain] timeout`) cuts what is left.
+    fn publish(
+        &self,
+        next: Routing,
+        drain_timeout: Option<Duration>,
+    ) -> (Arc<Routing>, Option<StateError>) {
+        let current = self.routing.load_full();
+        let (from, to) = (current.active, next.active);
+        if from != to {
+            current.counters.mark_switch(from, to, next.generation);
+        }
         let next = Arc::new(next);
         self.routing.store(next.clone());
         self.metrics.set_active(next.active);
+        // Everything below happens whether or not the state file is written: the flip is
+        // live, and a drain without its watcher would have no deadline.
+        if from != to {
+            self.release_idle(&next, from, to);
+            let timeout = drain_timeout.unwrap_or(self.config.load().drain.timeout);
+            drain_watch::spawn(
+                next.counters.clone(),
+                self.metrics.clone(),
+                from,
+                next.generation,
+                timeout,
+            );
+        }
         let unsaved = self.persist(&next).err();
         if let Some(e) = &unsaved {
             tracing::error!(error = %e, "state not saved");
@@ -172,35 +214,37 @@ impl Control {
         (next, unsaved)
     }
 
+    /// Makes `next` live: published here at once, or, with `[cluster]`, committed to etcd
+    /// and published when this instance's watch brings it back. The write lock is let go
+    /// while the watch catches up (the watch publishes under it) and held again on return.
+    async fn go_live<'a>(
+        &'a self,
+        w: WriteGuard<'a>,
+        next: Routing,
+        drain_timeout: Option<Duration>,
+    ) -> (WriteGuard<'a>, Published) {
+        let Some(link) = &self.cluster else {
+            return (w, Ok(self.publish(next, drain_timeout)));
+        };
+        let revision = match link.commit(&persisted(&next), drain_timeout).await {
+            Ok(r) => r,
+            Err(e) => return (w, Err(e)),
+        };
+        drop(w);
+        let caught_up = link.wait_applied(revision).await;
+        let w = self.write.lock().await;
+        if !caught_up {
+            return (w, Err(ControlError::NotApplied { revision }));
+        }
+        (w, Ok((self.load(), None)))
+    }
+
     fn persist(&self, r: &Routing) -> Result<(), StateError> {
         let config = self.config.load();
         let Some(path) = &config.state_path else {
             return Ok(());
         };
-        let slots: BTreeMap<SlotName, PersistedSlot> = SlotName::ALL
-            .iter()
-            .map(|&n| {
-                let s = r.slot(n);
-                let slot = PersistedSlot {
-                    upstreams: s.pool.addresses(),
-                    version: s.version.clone(),
-                    static_root: s.static_root.clone(),
-                };
-                (n, slot)
-            })
-            .collect();
-        let persisted = PersistedState {
-            active: r.active,
-            previous: r.previous,
-            last_switch: r
-                .last_switch
-                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-            generation: r.generation,
-            weights: r.weights,
-            slots,
-            last_rollback: r.last_rollback.as_deref().map(auto_rollback::last_rollback),
-        };
-        state::save(path, &persisted)
+        state::save(path, &persisted(r))
     }
 
     /// The next snapshot after `r`: the generation bumped, the same parts.
@@ -233,7 +277,7 @@ impl Control {
             }
         }
         let w = self.write.lock().await;
-        let outcome = self.apply_flip(&w, slot, drain_timeout, None);
+        let (w, outcome) = self.apply_flip(w, slot, drain_timeout, None).await;
         if outcome.as_ref().is_ok_and(|o| o.changed)
             || matches!(&outcome, Err(ControlError::NotPersisted { .. }))
         {
@@ -245,21 +289,22 @@ impl Control {
 
     /// The flip itself, under the write lock; `rollback` is the record of an automatic
     /// rollback, kept in the snapshot.
-    fn apply_flip(
-        &self,
-        _w: &WriteGuard<'_>,
+    async fn apply_flip<'a>(
+        &'a self,
+        w: WriteGuard<'a>,
         slot: SlotName,
         drain_timeout: Option<Duration>,
         rollback: Option<RollbackRecord>,
-    ) -> Result<FlipOutcome, ControlError> {
+    ) -> (WriteGuard<'a>, Result<FlipOutcome, ControlError>) {
         let current = self.routing.load_full();
         if current.active == slot && current.weights.is_none() {
-            return Ok(FlipOutcome {
+            let unchanged = FlipOutcome {
                 active: slot,
                 previous: current.previous,
                 generation: current.generation,
                 changed: false,
-            });
+            };
+            return (w, Ok(unchanged));
         }
         let mut next = Self::derive(&current);
         if let Some(r) = rollback {
@@ -271,22 +316,15 @@ impl Control {
         if from != slot {
             next.previous = Some(from);
             next.last_switch = Some(SystemTime::now());
-            current.counters.mark_switch(from, slot, next.generation);
         }
-        let (published, unsaved) = self.publish(next);
-        // Everything below happens whether or not the state file was written: the flip is
-        // live, and a drain without its watcher would have no deadline.
-        self.metrics.flips.inc();
-        if from != slot {
-            self.release_idle(&published, from, slot);
-            let timeout = drain_timeout.unwrap_or(self.config.load().drain.timeout);
-            drain_watch::spawn(
-                published.counters.clone(),
-                self.metrics.clone(),
-                from,
-                published.generation,
-                timeout,
-            );
+        let (w, published) = self.go_live(w, next, drain_timeout).await;
+        let (published, unsaved) = match published {
+            Ok(p) => p,
+            Err(e) => return (w, Err(e)),
+        };
+        // A flip through the cluster store is counted where the watch publishes it.
+        if self.cluster.is_none() {
+            self.metrics.flips.inc();
         }
         tracing::info!(slot = %slot, from = %from, generation = published.generation, "flipped");
         let outcome = FlipOutcome {
@@ -295,7 +333,7 @@ impl Control {
             generation: published.generation,
             changed: true,
         };
-        saved(outcome, unsaved, Applied::Flip)
+        (w, saved(outcome, unsaved, Applied::Flip))
     }
 
     /// Releases at once the idle pooled connections of `from`, the slot that left duty;
@@ -326,7 +364,7 @@ impl Control {
         change: SetField,
         force: bool,
     ) -> Result<Arc<Routing>, ControlError> {
-        let _w = self.write.lock().await;
+        let w = self.write.lock().await;
         let current = self.routing.load_full();
         if current.takes_traffic(slot) && !force {
             return Err(ControlError::Refused(format!(
@@ -355,7 +393,7 @@ impl Control {
         };
         let mut next = Self::derive(&current);
         next.slots[slot.index()] = Arc::new(new_slot);
-        let (published, unsaved) = self.publish(next);
+        let (published, unsaved) = self.go_live(w, next, None).await.1?;
         saved(published, unsaved, Applied::Routing)
     }
 
@@ -367,7 +405,7 @@ impl Control {
         slot: SlotName,
         previous: Arc<Slot>,
     ) -> Result<Arc<Routing>, ControlError> {
-        let _w = self.write.lock().await;
+        let w = self.write.lock().await;
         let current = self.routing.load_full();
         if current.takes_traffic(slot) {
             return Err(ControlError::Refused(format!(
@@ -376,7 +414,7 @@ impl Control {
         }
         let mut next = Self::derive(&current);
         next.slots[slot.index()] = previous;
-        let (published, unsaved) = self.publish(next);
+        let (published, unsaved) = self.go_live(w, next, None).await.1?;
         tracing::info!(slot = %slot, generation = published.generation, "slot put back");
         saved(published, unsaved, Applied::Routing)
     }
@@ -387,7 +425,8 @@ impl Control {
         let current = self.routing.load_full();
         let mut next = Self::derive(&current);
         next.weights = Some([blue, green]);
-        let (published, unsaved) = self.publish(next);
+        let (w, published) = self.go_live(w, next, None).await;
+        let (published, unsaved) = published?;
         // The canary, the slot beside the active one that now takes traffic, is watched.
         let active = published.active;
         let canary = active.other();
@@ -480,8 +519,45 @@ impl Control {
             }
         }
         self.config.store(Arc::new(new));
-        let (_, unsaved) = self.publish(next);
+        // Slot parts live in the cluster store: a reload does not change them, `set` does.
+        if self.cluster.is_some() {
+            next.slots = current.slots.clone();
+            for c in changes
+                .iter_mut()
+                .filter(|c| c.starts_with("slots.") && *c != "slots.default")
+            {
+                *c = format!("{c}: kept; the cluster store holds it (use set)");
+            }
+        }
+        let (_, unsaved) = self.publish(next, None);
         tracing::info!(changes = ?changes, "config reloaded");
         saved(changes, unsaved, Applied::Reload)
+    }
+}
+
+/// The state file's (and the cluster store's) form of `r`.
+fn persisted(r: &Routing) -> PersistedState {
+    let slots: BTreeMap<SlotName, PersistedSlot> = SlotName::ALL
+        .iter()
+        .map(|&n| {
+            let s = r.slot(n);
+            let slot = PersistedSlot {
+                upstreams: s.pool.addresses(),
+                version: s.version.clone(),
+                static_root: s.static_root.clone(),
+            };
+            (n, slot)
+        })
+        .collect();
+    PersistedState {
+        active: r.active,
+        previous: r.previous,
+        last_switch: r
+            .last_switch
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        generation: r.generation,
+        weights: r.weights,
+        slots,
+        last_rollback: r.last_rollback.as_deref().map(auto_rollback::last_rollback),
     }
 }
