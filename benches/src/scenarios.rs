@@ -31,10 +31,26 @@ struct Wrk {
     errors: u64,
 }
 
-fn wrk(lab: &Lab, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<Wrk> {
-    let script = lab.dir.path().join("report.lua");
+/// What wrk sends: `GET path`, or what a Lua prelude sets up (method, body, a `request`
+/// function), named for its script file.
+#[derive(Clone, Copy)]
+pub(crate) struct Load<'a> {
+    pub(crate) path: &'a str,
+    pub(crate) lua: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> Load<'a> {
+    /// `GET path`.
+    pub(crate) fn get(path: &'a str) -> Load<'a> {
+        Load { path, lua: None }
+    }
+}
+
+fn wrk(lab: &Lab, addr: SocketAddr, load: Load<'_>, secs: u64) -> anyhow::Result<Wrk> {
+    let (name, prelude) = load.lua.unwrap_or(("report", ""));
+    let script = lab.dir.path().join(format!("{name}.lua"));
     if !script.exists() {
-        std::fs::write(&script, WRK_LUA)?;
+        std::fs::write(&script, format!("{prelude}\n{WRK_LUA}"))?;
     }
     let out = Command::new("taskset")
         .args(["-c", &LOAD_CORE.to_string()])
@@ -43,7 +59,7 @@ fn wrk(lab: &Lab, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<Wrk
         .arg(format!("-d{secs}s"))
         .arg("-s")
         .arg(&script)
-        .arg(format!("http://{addr}{path}"))
+        .arg(format!("http://{addr}{}", load.path))
         .output()?;
     let n = result_line(&out.stdout)?;
     Ok(Wrk {
@@ -78,11 +94,11 @@ fn measure(
     system: &str,
     addr: SocketAddr,
     pids: &[u32],
-    path: &str,
+    load: Load<'_>,
     secs: u64,
 ) -> anyhow::Result<Row> {
     let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-    let w = wrk(lab, addr, path, secs)?;
+    let w = wrk(lab, addr, load, secs)?;
     let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
     // A reload replaces nginx workers mid-run; their ticks are lost, hence saturating.
     let cpu_s = after.saturating_sub(before) as f64 / ticks_per_second();
@@ -100,7 +116,7 @@ fn measure(
 }
 
 /// The median run by `key`, carrying the errors of all runs.
-fn median_by(mut rows: Vec<Row>, key: impl Fn(&Row) -> f64) -> Row {
+pub(crate) fn median_by(mut rows: Vec<Row>, key: impl Fn(&Row) -> f64) -> Row {
     rows.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let errors = rows.iter().map(|r| r.errors).sum();
     let mut m = rows.swap_remove(rows.len() / 2);
@@ -109,23 +125,24 @@ fn median_by(mut rows: Vec<Row>, key: impl Fn(&Row) -> f64) -> Row {
 }
 
 fn throughput(name: &str, lab: &Lab, opts: &Opts, path: &str) -> anyhow::Result<Scenario> {
-    throughput_of(name, lab, opts, path, (lab.bascule_addr, lab.bascule_pid))
+    let bascule = (lab.bascule_addr, lab.bascule_pid);
+    throughput_of(name, lab, opts, Load::get(path), bascule)
 }
 
-/// nginx on `path` against the Bascule at `bascule` (address, pid).
-fn throughput_of(
+/// nginx under `load` against the Bascule at `bascule` (address, pid).
+pub(crate) fn throughput_of(
     name: &str,
     lab: &Lab,
     opts: &Opts,
-    path: &str,
+    load: Load<'_>,
     bascule: (SocketAddr, u32),
 ) -> anyhow::Result<Scenario> {
     let nginx_pids = lab.nginx_pids();
     let (bascule_addr, bascule_pid) = bascule;
     let bascule_pids = [bascule_pid];
     // Warm both (pools, caches) before measuring.
-    wrk(lab, lab.nginx_addr, path, 1)?;
-    wrk(lab, bascule_addr, path, 1)?;
+    wrk(lab, lab.nginx_addr, load, 1)?;
+    wrk(lab, bascule_addr, load, 1)?;
     let (mut n, mut b) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
         n.push(measure(
@@ -133,7 +150,7 @@ fn throughput_of(
             "nginx",
             lab.nginx_addr,
             &nginx_pids,
-            path,
+            load,
             opts.duration,
         )?);
         b.push(measure(
@@ -141,7 +158,7 @@ fn throughput_of(
             "bascule",
             bascule_addr,
             &bascule_pids,
-            path,
+            load,
             opts.duration,
         )?);
     }
@@ -191,7 +208,14 @@ fn while_switching(
 fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
     let secs = opts.duration;
     let nginx_pids = lab.nginx_pids();
-    let steady_n = measure(lab, "nginx", lab.nginx_addr, &nginx_pids, "/", secs)?;
+    let steady_n = measure(
+        lab,
+        "nginx",
+        lab.nginx_addr,
+        &nginx_pids,
+        Load::get("/"),
+        secs,
+    )?;
     let (include, nginx, conf, ups) = (
         lab.upstream_include.clone(),
         lab.nginx.clone(),
@@ -211,7 +235,16 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
             anyhow::ensure!(st.status.success(), "nginx -s reload failed");
             Ok(())
         },
-        || measure(lab, "nginx", lab.nginx_addr, &lab.nginx_pids(), "/", secs),
+        || {
+            measure(
+                lab,
+                "nginx",
+                lab.nginx_addr,
+                &lab.nginx_pids(),
+                Load::get("/"),
+                secs,
+            )
+        },
     )?;
     reload_n.note = format!(
         "{reloads} reloads (every 500 ms); {:.0}% of steady {:.0} req/s",
@@ -223,7 +256,7 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
         "bascule",
         lab.bascule_addr,
         &[lab.bascule_pid],
-        "/",
+        Load::get("/"),
         secs,
     )?;
     let admin_sock = lab.admin.clone();
@@ -242,7 +275,7 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
             "bascule",
             lab.bascule_addr,
             &[lab.bascule_pid],
-            "/",
+            Load::get("/"),
             secs,
         )
     })?;
@@ -330,7 +363,7 @@ fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// Open-loop latency at half of nginx's measured maximum, same rate for both.
 fn latency(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
-    let max = wrk(lab, lab.nginx_addr, "/", opts.duration.min(3))?;
+    let max = wrk(lab, lab.nginx_addr, Load::get("/"), opts.duration.min(3))?;
     let rate = 0.5 * max.requests as f64 / max.seconds.max(1e-9);
     let exe = std::env::current_exe()?;
     let run = |system: &str, addr: SocketAddr, pids: &[u32]| -> anyhow::Result<Row> {
@@ -387,9 +420,10 @@ pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario
             "proxy-edge",
             lab,
             opts,
-            "/edge/",
+            Load::get("/edge/"),
             (lab.bascule_fwd_addr, lab.bascule_fwd_pid),
         ),
+        "post-1k" | "post-64k" | "post-chunked" | "upload" => crate::bodies::run(name, lab, opts),
         "static-1k" => throughput("static-1k", lab, opts, ASSET_1K),
         "static-100k" => throughput("static-100k", lab, opts, ASSET_100K),
         "latency" => latency(lab, opts),

@@ -158,7 +158,7 @@ impl Lab {
         std::fs::write(
             &up_conf,
             format!(
-                "{}http {{ access_log off; {} keepalive_requests 100000000;\n\
+                "{}http {{ access_log off; {} keepalive_requests 100000000; client_max_body_size 0;\n\
                  server {{ listen 127.0.0.1:{ub}; location / {{ return 200 \"ok\\n\"; }} }}\n\
                  server {{ listen 127.0.0.1:{ug}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
                 nginx_common(d, "upstream"),
@@ -186,6 +186,7 @@ impl Lab {
             &nginx_conf,
             format!(
                 "{}http {{ include /etc/nginx/mime.types; access_log off; {} keepalive_requests 100000000;\n\
+                 client_max_body_size 0;\n\
                  sendfile on; tcp_nopush on; open_file_cache max=1000 inactive=60s;\n\
                  upstream app {{ include {inc}; keepalive 64; keepalive_requests 100000000; }}\n\
                  server {{ listen 127.0.0.1:{front}; root {site};\n\
@@ -227,7 +228,7 @@ impl Lab {
                 &conf,
                 format!(
                     "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
-                     [forwarding]\nx_forwarded = {edge}\n{access_log}\
+                     [forwarding]\nx_forwarded = {edge}\n[limits]\nmax_body_bytes = 1073741824\n{access_log}\
                      [slots.blue]\nupstreams = [\"{b}\"]\nstatic_root = \"{s}\"\n\
                      [slots.green]\nupstreams = [\"{g}\"]\nstatic_root = \"{s}\"\n\
                      [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n",
