@@ -44,6 +44,9 @@ pub(crate) struct FileConfig {
     pub(crate) headers: crate::headers::file::Headers,
     #[serde(default)]
     pub(crate) rate_limits: Vec<crate::rate_limits::file::RateLimit>,
+    pub(crate) preview: Option<crate::preview::file::Preview>,
+    #[serde(default)]
+    pub(crate) canary: crate::preview::file::Canary,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -14,6 +14,7 @@ mod edge;
 mod error;
 mod file;
 mod headers;
+mod preview;
 mod rate_limits;
 mod rollback;
 mod slot;
@@ -29,6 +30,10 @@ pub use edge::{
 };
 pub use error::ConfigError;
 pub use headers::{HeaderLines, HeadersConfig};
+pub use preview::{
+    CanaryConfig, PreviewConfig, Sticky, DEFAULT_CANARY_COOKIE, DEFAULT_PREVIEW_COOKIE,
+    DEFAULT_PREVIEW_HEADER,
+};
 pub use rate_limits::RateLimit;
 pub use rollback::{
     RollbackConfig, DEFAULT_ROLLBACK_MAX_ERROR_RATIO, DEFAULT_ROLLBACK_MIN_REQUESTS,
@@ -127,6 +132,10 @@ pub struct Config {
     pub headers: HeadersConfig,
     /// Rate limits per client address, longest prefix first.
     pub rate_limits: Vec<RateLimit>,
+    /// `[preview]`: requests that name the slot they want; `None` without the table.
+    pub preview: Option<PreviewConfig>,
+    /// `[canary]`: how clients keep their slot while weights split traffic.
+    pub canary: CanaryConfig,
 }
 
 /// Process-level settings (`[server]`).

@@ -165,6 +165,8 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         .transpose()?;
     let headers = crate::headers::headers(f.headers)?;
     let rate_limits = crate::rate_limits::rate_limits(f.rate_limits)?;
+    let preview = f.preview.map(crate::preview::preview).transpose()?;
+    let canary = crate::preview::canary(f.canary, preview.as_ref())?;
 
     Ok(Config {
         source: None,
@@ -190,6 +192,8 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         access_log,
         headers,
         rate_limits,
+        preview,
+        canary,
     })
 }
 
