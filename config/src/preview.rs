@@ -101,7 +101,17 @@ fn name(
 }
 
 pub(crate) fn preview(f: file::Preview) -> Result<PreviewConfig, Violation> {
+    let span = f.header.as_ref().map(Spanned::span);
     let header = name(f.header, "preview.header", DEFAULT_PREVIEW_HEADER, true)?;
+    if header.as_deref() == Some("cookie") {
+        // The cookie header carries the preview cookie; read as the preview header, its
+        // cookies would go unread.
+        return bad(
+            span.unwrap_or(0..0),
+            "preview.header: `cookie` is read for preview.cookie; give the header its own name"
+                .into(),
+        );
+    }
     let cookie = name(f.cookie, "preview.cookie", DEFAULT_PREVIEW_COOKIE, false)?;
     let token = match f.token {
         // The token travels in a header and in a cookie value: visible ASCII, none of the
@@ -225,6 +235,9 @@ mod tests {
         let (line, msg) = located("[canary]\ncookie = \"\"\n");
         assert_eq!(line, 2);
         assert!(msg.starts_with("canary.cookie:"), "{msg}");
+        let (line, msg) = located("[preview]\nheader = \"Cookie\"\n");
+        assert_eq!(line, 2);
+        assert!(msg.starts_with("preview.header:"), "{msg}");
         let (_, msg) = located("[preview]\nsecret = \"x\"\n");
         assert!(msg.contains("secret"), "{msg}");
     }

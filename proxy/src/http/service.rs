@@ -1,6 +1,6 @@
 //! The request path: Bascule's `ProxyHttp` implementation.
 //!
-//! Per request: one snapshot load (an `Arc` clone), one slot pick, one in-flight guard, one
+//! Per request: one snapshot load (an `Arc` clone), one slot choice, one in-flight guard, one
 //! prefix scan of the routes, one member pick, one peer clone. No logging, no formatting, no
 //! allocation of our own beyond what Pingora asks for (the boxed peer).
 
@@ -212,9 +212,9 @@ impl ProxyHttp for Bascule {
 
     /// Request phase, first hook that can answer: runs the shared request policy (a refused
     /// head is answered here, 4xx and close; an accepted one is rewritten for the upstream),
-    /// loads the snapshot once, picks the slot, counts the request against it, and answers
-    /// static routes here entirely (`Ok(true)`). `Ok(false)` sends the request on to
-    /// [`Self::upstream_peer`].
+    /// loads the snapshot once, chooses the slot (`slots::choice`: preview, sticky canary,
+    /// split), counts the request against it, and answers static routes here entirely
+    /// (`Ok(true)`). `Ok(false)` sends the request on to [`Self::upstream_peer`].
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let peer = session
             .client_addr()
