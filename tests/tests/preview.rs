@@ -317,16 +317,7 @@ fn preview_and_sticky_cookie_over_tls() {
         &format!("[preview]\ntoken = \"{TOKEN}\"\n\n[tls]\n{}", cert.toml()),
         format!("https = [\"{https}\"]\n"),
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || TlsConn::connect(
-            https,
-            "a.test",
-            &[],
-            false
-        )
-        .is_ok()),
-        "https listener never accepted a handshake"
-    );
+    TlsConn::wait_ready(https, "a.test");
     let (head, body) = tls_get(https, "x-bascule-preview: green:s3cret\r\n");
     assert_eq!(body, "green 1.1.0\n", "{head}");
     let (_, body) = tls_get(https, "x-bascule-preview: green:nope\r\n");
