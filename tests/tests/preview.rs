@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bascule_admin::StatsReply;
 use bascule_tests::http::{Conn, Response};
+use bascule_tests::raw::ScriptedUpstream;
 use bascule_tests::tls::{TestCert, TlsConn};
 use bascule_tests::{wait_until, Mode, Proxy, ProxyConfig, Upstream, MODES};
 
@@ -346,4 +347,31 @@ fn preview_and_sticky_cookie_over_tls() {
     assert!(wait_until(Duration::from_secs(5), || stats(&s.proxy)
         .preview_requests
         == 1));
+}
+
+#[test]
+fn previews_of_the_idle_slot_reuse_upstream_connections() {
+    for mode in MODES {
+        let blue = ScriptedUpstream::echo();
+        let green = ScriptedUpstream::echo();
+        let proxy = Proxy::start(&ProxyConfig {
+            blue: vec![blue.addr()],
+            green: vec![green.addr()],
+            server: mode.server(),
+            extra: "[preview]\n".into(),
+            ..Default::default()
+        });
+        let mut conn = Conn::connect(proxy.addr).unwrap();
+        for _ in 0..10 {
+            let r = conn.get("/", &[("x-bascule-preview", "green")]).unwrap();
+            assert_eq!((r.status, r.slot()), (200, Some("green")), "{mode:?}");
+        }
+        assert_eq!(green.requests().len(), 10, "{mode:?}");
+        let used = green.traffic_connections().len();
+        assert!(
+            used <= 2,
+            "{mode:?}: 10 previews opened {used} upstream connections"
+        );
+        assert!(blue.traffic_connections().is_empty(), "{mode:?}");
+    }
 }

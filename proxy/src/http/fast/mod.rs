@@ -409,6 +409,7 @@ impl FastApp {
         let choice = self.slots.choose(routing, req.asked, client_ip);
         let slot = choice.slot;
         req.set_cookie = choice.set_cookie;
+        req.preview = choice.preview;
         if choice.preview {
             self.control.metrics().preview_requests.inc();
         }
@@ -541,8 +542,10 @@ impl FastApp {
         out.extend_from_slice(b"\r\n");
         let start = upstream::start(&h, &ubuf[h.len..], &mut out)?;
         let done = upstream::relay_body(&mut ex, client, &h, start, &out, &mut ubuf).await;
-        // A slot that left duty while this request ran does not get its connection back.
-        if done.upstream_ok && self.control.takes_traffic(slot) {
+        // A slot that left duty while this request ran does not get its connection back; a
+        // preview's does (else every preview of the idle slot opens a new connection): at
+        // most `keepalive_pool` per member, dropped with the member or taken when stale.
+        if done.upstream_ok && (req.preview || self.control.takes_traffic(slot)) {
             member.idle.put(ex.conn.release(), self.upstream_idle_max);
         }
         let next = if done.client_ok && !close_client {

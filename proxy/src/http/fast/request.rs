@@ -42,6 +42,8 @@ pub(super) struct Request {
     pub(super) asked: Asked,
     /// The response carries the sticky cookie (set once the slot is chosen).
     pub(super) set_cookie: bool,
+    /// Served by the slot it asked for (set once the slot is chosen).
+    pub(super) preview: bool,
 }
 
 /// The normalised path: where it lies in the connection's buffer, or (rewritten) its own copy.
@@ -181,5 +183,6 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         log,
         asked,
         set_cookie: false,
+        preview: false,
     })
 }
