@@ -245,6 +245,7 @@ pub fn human(reply: &Reply) -> String {
                     s.latency_ms.p99,
                 ));
             }
+            out.push_str(&format!("preview requests: {}\n", stats.preview_requests));
         }
         Reply::Help(help) => {
             for c in &help.commands {

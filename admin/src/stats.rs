@@ -13,7 +13,7 @@ pub struct StatsReply {
     pub blue: SlotStats,
     /// Green's counts.
     pub green: SlotStats,
-    /// Requests served by a slot because they asked for it (preview); 0 until preview exists.
+    /// Requests served by a slot because they asked for it (`[preview]`), since start.
     pub preview_requests: u64,
 }
 

@@ -45,6 +45,9 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub(crate) rate_limits: Vec<crate::rate_limits::file::RateLimit>,
     pub(crate) cluster: Option<crate::cluster::file::Cluster>,
+    pub(crate) preview: Option<crate::preview::file::Preview>,
+    #[serde(default)]
+    pub(crate) canary: crate::preview::file::Canary,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -47,7 +47,7 @@ pub(crate) mod file {
 }
 
 /// Whether `name` is a header field name (an RFC 9110 token).
-fn is_token(name: &str) -> bool {
+pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

@@ -15,6 +15,7 @@ mod edge;
 mod error;
 mod file;
 mod headers;
+mod preview;
 mod rate_limits;
 mod rollback;
 mod slot;
@@ -31,6 +32,10 @@ pub use edge::{
 };
 pub use error::ConfigError;
 pub use headers::{HeaderLines, HeadersConfig};
+pub use preview::{
+    CanaryConfig, PreviewConfig, Sticky, DEFAULT_CANARY_COOKIE, DEFAULT_PREVIEW_COOKIE,
+    DEFAULT_PREVIEW_HEADER,
+};
 pub use rate_limits::RateLimit;
 pub use rollback::{
     RollbackConfig, DEFAULT_ROLLBACK_MAX_ERROR_RATIO, DEFAULT_ROLLBACK_MIN_REQUESTS,
@@ -131,6 +136,10 @@ pub struct Config {
     pub rate_limits: Vec<RateLimit>,
     /// The shared slot state, when several edges share one (`[cluster]`).
     pub cluster: Option<ClusterConfig>,
+    /// `[preview]`: requests that name the slot they want; `None` without the table.
+    pub preview: Option<PreviewConfig>,
+    /// `[canary]`: how clients keep their slot while weights split traffic.
+    pub canary: CanaryConfig,
 }
 
 /// Process-level settings (`[server]`).

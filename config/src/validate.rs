@@ -166,6 +166,8 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
     let headers = crate::headers::headers(f.headers)?;
     let rate_limits = crate::rate_limits::rate_limits(f.rate_limits)?;
     let cluster = f.cluster.map(crate::cluster::cluster).transpose()?;
+    let preview = f.preview.map(crate::preview::preview).transpose()?;
+    let canary = crate::preview::canary(f.canary, preview.as_ref())?;
 
     Ok(Config {
         source: None,
@@ -192,6 +194,8 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         headers,
         rate_limits,
         cluster,
+        preview,
+        canary,
     })
 }
 

@@ -61,6 +61,25 @@ impl Conn {
         })
     }
 
+    /// Connects to `addr` from the local address `from` (any loopback address, such as
+    /// 127.0.0.7: a client the proxy sees as another host).
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> io::Result<Conn> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.bind(&SocketAddr::new(from, 0).into())?;
+        socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
     /// Sets the read timeout.
     pub fn set_timeout(&self, t: Duration) -> io::Result<()> {
         self.stream.set_read_timeout(Some(t))

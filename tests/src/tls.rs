@@ -128,6 +128,17 @@ impl TlsConn {
         Ok(TlsConn { stream })
     }
 
+    /// Waits up to 10 s for the https listener at `addr` to complete a handshake for `name`;
+    /// panics if it never does.
+    pub fn wait_ready(addr: SocketAddr, name: &str) {
+        assert!(
+            crate::wait_until(Duration::from_secs(10), || {
+                TlsConn::connect(addr, name, &[], false).is_ok()
+            }),
+            "https listener never accepted a handshake"
+        );
+    }
+
     /// The certificate the server presented, DER.
     pub fn peer_cert(&self) -> Vec<u8> {
         self.stream

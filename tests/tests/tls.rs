@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bascule_tests::raw::ScriptedUpstream;
 use bascule_tests::tls::{TestCert, TlsConn};
-use bascule_tests::{bascule_bin, free_addr, wait_until, Proxy, ProxyConfig};
+use bascule_tests::{bascule_bin, free_addr, Proxy, ProxyConfig};
 
 /// A proxy with an https listener serving `certs` (the first is the default).
 fn tls_proxy(
@@ -29,16 +29,7 @@ fn tls_proxy(
         extra,
         ..ProxyConfig::default()
     });
-    assert!(
-        wait_until(Duration::from_secs(10), || TlsConn::connect(
-            https,
-            "a.test",
-            &[],
-            false
-        )
-        .is_ok()),
-        "https listener never accepted a handshake"
-    );
+    TlsConn::wait_ready(https, "a.test");
     (proxy, https)
 }
 

@@ -150,7 +150,7 @@ fn stats(r: &Routing, m: &Metrics) -> StatsReply {
         uptime_seconds: m.stats.uptime().as_secs_f64(),
         blue: of(SlotName::Blue),
         green: of(SlotName::Green),
-        preview_requests: 0,
+        preview_requests: m.preview_requests.get(),
     }
 }
 

@@ -459,6 +459,8 @@ impl Control {
             ("server", old.server != new.server),
             ("admin", old.admin != new.admin),
             ("metrics", old.metrics != new.metrics),
+            ("preview", old.preview != new.preview),
+            ("canary", old.canary != new.canary),
         ] {
             if changed {
                 changes.push(format!(

@@ -1,6 +1,6 @@
 //! The request path: Bascule's `ProxyHttp` implementation.
 //!
-//! Per request: one snapshot load (an `Arc` clone), one slot pick, one in-flight guard, one
+//! Per request: one snapshot load (an `Arc` clone), one slot choice, one in-flight guard, one
 //! prefix scan of the routes, one member pick, one peer clone. No logging, no formatting, no
 //! allocation of our own beyond what Pingora asks for (the boxed peer).
 
@@ -17,9 +17,10 @@ use pingora_core::modules::http::HttpModules;
 use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::control::Control;
+use crate::slots::choice::{Asked, SlotPolicy};
 use crate::slots::counters::InflightGuard;
 use crate::slots::routing::Routing;
 use crate::statics::StaticFiles;
@@ -45,6 +46,8 @@ pub struct Bascule {
     edge: EdgeHeaders,
     /// `[[rate_limits]]`.
     rate: RateLimits,
+    /// `[preview]` and `[canary]`.
+    slots: SlotPolicy,
 }
 
 impl Bascule {
@@ -68,6 +71,7 @@ impl Bascule {
             redirect_to: crate::wire::redirect_port(&config),
             edge: EdgeHeaders::new(&config.headers, config.server.slot_header.as_deref()),
             rate: RateLimits::new(&config.rate_limits, &control.metrics().rate_limited),
+            slots: SlotPolicy::new(config.preview.as_ref(), &config.canary),
             control,
             log,
         }
@@ -93,6 +97,27 @@ impl Bascule {
             let _ = resp.insert_header(name.clone(), value);
         }
     }
+
+    /// What `req`'s headers ask of the slot choice; nothing is read when no header can
+    /// change it under `routing`.
+    fn asked(&self, req: &RequestHeader, routing: &Routing) -> Asked {
+        let mut asked = Asked::default();
+        if self.slots.reads_headers(routing) {
+            for (name, value) in req.headers.iter() {
+                self.slots
+                    .read_header(name.as_str().as_bytes(), value.as_bytes(), &mut asked);
+            }
+        }
+        asked
+    }
+
+    /// Adds the sticky cookie naming the serving slot, when this response carries it.
+    fn sticky_cookie(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) {
+        if ctx.set_cookie {
+            let cookie = self.slots.set_cookie(ctx.slot);
+            let _ = resp.append_header(http::header::SET_COOKIE, cookie);
+        }
+    }
 }
 
 /// What one request carries from hook to hook.
@@ -103,6 +128,8 @@ pub struct RequestCtx {
     guard: Option<InflightGuard>,
     /// The serving slot.
     slot: SlotName,
+    /// The response carries the sticky cookie naming `slot`.
+    set_cookie: bool,
     /// The member picked for the current attempt.
     member: Option<usize>,
     /// The attempts so far, by the shared retry rules.
@@ -168,6 +195,7 @@ impl ProxyHttp for Bascule {
             routing: None,
             guard: None,
             slot: SlotName::Blue,
+            set_cookie: false,
             member: None,
             retries: Retries::default(),
             body_bytes: 0,
@@ -186,9 +214,9 @@ impl ProxyHttp for Bascule {
 
     /// Request phase, first hook that can answer: runs the shared request policy (a refused
     /// head is answered here, 4xx and close; an accepted one is rewritten for the upstream),
-    /// loads the snapshot once, picks the slot, counts the request against it, and answers
-    /// static routes here entirely (`Ok(true)`). `Ok(false)` sends the request on to
-    /// [`Self::upstream_peer`].
+    /// loads the snapshot once, chooses the slot (`slots::choice`: preview, sticky canary,
+    /// split), counts the request against it, and answers static routes here entirely
+    /// (`Ok(true)`). `Ok(false)` sends the request on to [`Self::upstream_peer`].
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let peer = session
             .client_addr()
@@ -238,8 +266,14 @@ impl ProxyHttp for Bascule {
         // Between two reads of the body, as the fast path waits for a head.
         session.set_read_timeout(Some(self.limits.body_timeout));
         let routing = self.control.load();
-        let slot = routing.pick_slot();
+        let asked = self.asked(session.req_header(), &routing);
+        let choice = self.slots.choose(&routing, asked, client);
+        if choice.preview {
+            self.control.metrics().preview_requests.inc();
+        }
+        let slot = choice.slot;
         ctx.slot = slot;
+        ctx.set_cookie = choice.set_cookie;
         ctx.guard = Some(routing.counters.enter(slot));
         let (target, route) = routing.target(&verdict.path);
         ctx.route_headers = route.map(|r| r.headers.clone());
@@ -250,6 +284,7 @@ impl ProxyHttp for Bascule {
                 .respond(session, &routing, slot, &route)
                 .await?;
             self.tag(&mut resp.header, slot);
+            self.sticky_cookie(&mut resp.header, ctx);
             self.edge.apply(&route.headers, &mut resp.header, false);
             resp.send(session).await?;
             ctx.routing = Some(routing);
@@ -387,6 +422,7 @@ impl ProxyHttp for Bascule {
         let route = ctx.route_headers.as_deref().unwrap_or_default();
         self.edge.apply(route, upstream_response, true);
         self.tag(upstream_response, ctx.slot);
+        self.sticky_cookie(upstream_response, ctx);
         ctx.upstream_answered = true;
         if upstream_response.status == 101 {
             if let (Some(fd), Some(r)) = (ctx.upstream_fd.take(), &ctx.routing) {

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub parked: IntGauge,
     /// Automatic rollbacks since start.
     pub auto_rollbacks: IntCounter,
+    /// Requests served by the slot they asked for (`[preview]`) since start.
+    pub preview_requests: IntCounter,
     /// Per-slot counts and latency histogram, for `stats` and the automatic rollback.
     pub stats: Stats,
     /// Access log lines dropped because the writer's buffer was full.
@@ -108,6 +110,11 @@ impl Metrics {
             "Flips back made by the automatic rollback since start",
         )
         .expect("valid metric");
+        let preview_requests = IntCounter::new(
+            "bascule_preview_requests_total",
+            "Requests served by the slot they asked for (preview) since start",
+        )
+        .expect("valid metric");
         let access_log_dropped = IntCounter::new(
             "bascule_access_log_dropped_total",
             "Access log lines dropped because the writer's buffer was full",
@@ -131,6 +138,7 @@ impl Metrics {
             Box::new(drain_duration.clone()),
             Box::new(parked.clone()),
             Box::new(auto_rollbacks.clone()),
+            Box::new(preview_requests.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(rate_limited.clone()),
         ] {
@@ -152,6 +160,7 @@ impl Metrics {
             drain_duration,
             parked,
             auto_rollbacks,
+            preview_requests,
             stats: Stats::default(),
             access_log_dropped,
             rate_limited,

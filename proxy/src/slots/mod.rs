@@ -6,6 +6,7 @@
 //! in [`crate::control`].
 
 pub mod certs;
+pub mod choice;
 pub mod counters;
 pub mod health;
 pub(crate) mod idle;

@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 
 use crate::control::Control;
 use crate::http::service::Bascule;
+use crate::slots::choice::SlotPolicy;
 use crate::slots::routing::{Member, Routing};
 use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry};
@@ -90,6 +91,8 @@ pub struct FastApp {
     edge: EdgeHeaders,
     /// `[[rate_limits]]`.
     rate: RateLimits,
+    /// `[preview]` and `[canary]`.
+    slots: SlotPolicy,
 }
 
 impl FastApp {
@@ -127,6 +130,7 @@ impl FastApp {
             log,
             edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),
             rate,
+            slots: SlotPolicy::new(config.preview.as_ref(), &config.canary),
         }
     }
 
@@ -148,6 +152,15 @@ impl FastApp {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             out.extend_from_slice(slot.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The sticky cookie naming `slot`, when `req` is to carry it.
+    fn cookie_line(&self, req: &Request, slot: SlotName, out: &mut Vec<u8>) {
+        if req.set_cookie {
+            out.extend_from_slice(b"set-cookie: ");
+            out.extend_from_slice(self.slots.set_cookie(slot).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -270,6 +283,7 @@ impl FastApp {
                         peer: &peer,
                         route_of: &route_of,
                         log: self.log.is_some(),
+                        slots: self.slots.reads_headers(&routing).then_some(&self.slots),
                     };
                     match request::parse(&buf, &policy, &mut scratch) {
                         Head::Partial => {}
@@ -440,7 +454,13 @@ impl FastApp {
         client_ip: IpAddr,
     ) -> Next {
         let start = Instant::now();
-        let slot = routing.pick_slot();
+        let choice = self.slots.choose(routing, req.asked, client_ip);
+        let slot = choice.slot;
+        req.set_cookie = choice.set_cookie;
+        req.preview = choice.preview;
+        if choice.preview {
+            self.control.metrics().preview_requests.inc();
+        }
         let _guard = routing.counters.enter(slot);
         // Found while the head was checked, with this same snapshot.
         let route = req.route.map(|i| &routing.routes[i]);
@@ -452,6 +472,7 @@ impl FastApp {
                 let bytes = resp.body_len(req.head_method);
                 let mut extra = Vec::with_capacity(48);
                 self.slot_line(slot, &mut extra);
+                self.cookie_line(req, slot, &mut extra);
                 if req.close {
                     extra.extend_from_slice(b"connection: close\r\n");
                 }
@@ -613,6 +634,7 @@ impl FastApp {
             date_line(&mut out);
         }
         self.slot_line(slot, &mut out);
+        self.cookie_line(req, slot, &mut out);
         self.edge.write_h1(headers, &mut out);
         let close_client = req.close || early || h.framing == Framing::UntilClose;
         if close_client {
@@ -621,8 +643,10 @@ impl FastApp {
         out.extend_from_slice(b"\r\n");
         let start = upstream::start(&h, &ubuf[h.len..], &mut out, decode)?;
         let done = upstream::relay_body(&mut ex, client, &h, start, &out, &mut ubuf).await;
-        // A slot that left duty while this request ran does not get its connection back.
-        if done.upstream_ok && !early && self.control.takes_traffic(slot) {
+        // A slot that left duty while this request ran does not get its connection back; a
+        // preview's does (else every preview of the idle slot opens a new connection): at
+        // most `keepalive_pool` per member, dropped with the member or taken when stale.
+        if done.upstream_ok && !early && (req.preview || self.control.takes_traffic(slot)) {
             member.idle.put(ex.conn.release(), self.upstream_idle_max);
         } else if early {
             std::mem::drop(ex);

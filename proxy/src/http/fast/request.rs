@@ -5,6 +5,7 @@
 use bascule_config::LimitsConfig;
 use pingora_http::RequestHeader;
 
+use crate::slots::choice::{Asked, SlotPolicy};
 use crate::wire::access_log::LogRequest;
 use crate::wire::forward::{Forwarded, Peer};
 use crate::wire::request::{
@@ -43,6 +44,12 @@ pub(super) struct Request {
     pub(super) statics: Option<Box<RequestHeader>>,
     /// What the access log shows of the head, when the log is on.
     pub(super) log: Option<Box<LogRequest>>,
+    /// The slot its headers ask for (preview, sticky canary).
+    pub(super) asked: Asked,
+    /// The response carries the sticky cookie (set once the slot is chosen).
+    pub(super) set_cookie: bool,
+    /// Served by the slot it asked for (set once the slot is chosen).
+    pub(super) preview: bool,
 }
 
 /// The normalised path: where it lies in the connection's buffer, or (rewritten) its own copy.
@@ -90,6 +97,8 @@ pub(super) struct Policy<'a> {
     pub(super) route_of: &'a dyn Fn(&str) -> (Option<usize>, bool),
     /// The access log is on: copy what it shows of the head.
     pub(super) log: bool,
+    /// `[preview]` and `[canary]`, when a header can change the slot under this snapshot.
+    pub(super) slots: Option<&'a SlotPolicy>,
 }
 
 /// Parses and checks the request head at the start of `buf`; for an upstream request, writes
@@ -163,6 +172,12 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         });
         None
     };
+    let mut asked = Asked::default();
+    if let Some(slots) = policy.slots {
+        for h in head.headers.iter() {
+            slots.read_header(h.name.as_bytes(), h.value, &mut asked);
+        }
+    }
     let log = policy.log.then(|| {
         let headers = head.headers.iter().map(|h| (h.name, h.value));
         Box::new(LogRequest::new(head.method, head.target, false, headers))
@@ -178,5 +193,8 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         route,
         statics,
         log,
+        asked,
+        set_cookie: false,
+        preview: false,
     })
 }
