@@ -44,6 +44,7 @@ pub(crate) struct FileConfig {
     pub(crate) headers: crate::headers::file::Headers,
     #[serde(default)]
     pub(crate) rate_limits: Vec<crate::rate_limits::file::RateLimit>,
+    pub(crate) compression: Option<crate::compression::file::Compression>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -10,6 +10,7 @@
 //! merge belongs to the proxy, not to this crate.
 
 mod access_log;
+mod compression;
 mod edge;
 mod error;
 mod file;
@@ -23,6 +24,10 @@ mod validate;
 pub use validate::check_upstream;
 
 pub use access_log::{AccessLogConfig, AccessLogFormat, AccessLogPath, DEFAULT_ACCESS_LOG_BUFFER};
+pub use compression::{
+    Algorithm, CompressionConfig, DEFAULT_COMPRESSION_ALGORITHMS, DEFAULT_COMPRESSION_MIN_BYTES,
+    DEFAULT_COMPRESSION_TYPES,
+};
 pub use edge::{
     ForwardingConfig, LimitsConfig, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
@@ -127,6 +132,8 @@ pub struct Config {
     pub headers: HeadersConfig,
     /// Rate limits per client address, longest prefix first.
     pub rate_limits: Vec<RateLimit>,
+    /// Compression of proxied responses (off without a `[compression]` table).
+    pub compression: CompressionConfig,
 }
 
 /// Process-level settings (`[server]`).

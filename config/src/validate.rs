@@ -165,6 +165,7 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         .transpose()?;
     let headers = crate::headers::headers(f.headers)?;
     let rate_limits = crate::rate_limits::rate_limits(f.rate_limits)?;
+    let compression = crate::compression::compression(f.compression)?;
 
     Ok(Config {
         source: None,
@@ -190,6 +191,7 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         access_log,
         headers,
         rate_limits,
+        compression,
     })
 }
 
