@@ -46,6 +46,15 @@ impl Chunked {
     /// Consumes `buf`; returns how many of its bytes belong to the body once the body is
     /// complete, or `None` when all of `buf` belongs to it and more is to come.
     pub(crate) fn feed(&mut self, buf: &[u8]) -> Result<Option<usize>, BadChunk> {
+        self.feed_data(buf, |_| {})
+    }
+
+    /// As [`Self::feed`], handing each run of chunk data to `data` (the body decoded).
+    pub(crate) fn feed_data(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<Option<usize>, BadChunk> {
         let mut i = 0;
         while i < buf.len() {
             let b = buf[i];
@@ -88,6 +97,7 @@ impl Chunked {
                 }
                 ChunkState::Data => {
                     let take = (buf.len() - i).min(self.size as usize);
+                    data(&buf[i..i + take]);
                     self.size -= take as u64;
                     i += take;
                     if self.size == 0 {
@@ -163,6 +173,13 @@ mod tests {
                 None => split + c.feed(&body[split..]).unwrap().unwrap(),
             };
             assert_eq!(&body[end..], b"NEXT", "split at {split}");
+            let mut c = Chunked::default();
+            let mut decoded = Vec::new();
+            let mut add = |d: &[u8]| decoded.extend_from_slice(d);
+            if c.feed_data(&body[..split], &mut add).unwrap().is_none() {
+                c.feed_data(&body[split..], &mut add).unwrap();
+            }
+            assert_eq!(decoded, b"Wikipedia", "split at {split}");
         }
         assert!(Chunked::default().feed(b"zz\r\n").is_err());
         assert!(Chunked::default().feed(b"4\r\nWikiXX").is_err());

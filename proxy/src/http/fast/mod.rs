@@ -11,6 +11,7 @@
 //! HTTP/1.0, `Expect`) is handed, with the bytes already read put back, to Pingora's full proxy
 //! ([`crate::http::service::Bascule`]) for the rest of the connection; it applies the same policy.
 
+mod compress;
 mod park;
 mod request;
 mod upstream;
@@ -37,6 +38,7 @@ use crate::http::service::Bascule;
 use crate::slots::routing::{Member, Routing};
 use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry, LogRequest};
+use crate::wire::compress::Compression;
 use crate::wire::forward::{self, Peer};
 use crate::wire::headers::{EdgeHeaders, RouteHeaders};
 use crate::wire::rate_limit::RateLimits;
@@ -86,6 +88,8 @@ pub struct FastApp {
     edge: EdgeHeaders,
     /// `[[rate_limits]]`.
     rate: RateLimits,
+    /// `[compression]`, when on.
+    compression: Option<Compression>,
 }
 
 impl FastApp {
@@ -123,6 +127,7 @@ impl FastApp {
             log,
             edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),
             rate,
+            compression: Compression::new(&config.compression),
         }
     }
 
@@ -256,6 +261,7 @@ impl FastApp {
                         peer: &peer,
                         route_of: &route_of,
                         log: self.log.is_some(),
+                        compression: self.compression.as_ref(),
                     };
                     match request::parse(&buf, &policy, &mut scratch) {
                         Head::Partial => {}
@@ -508,6 +514,10 @@ impl FastApp {
         let drop = |name: &[u8]| self.edge.drops(headers, name);
         let h = upstream::read_head(&mut ex, client, req.head_method, &drop, &mut ubuf, &mut out)
             .await?;
+        let encoder = self
+            .compression
+            .as_ref()
+            .and_then(|c| compress::plan(c, req.negotiated, &h, &mut out));
         if !h.has_date {
             date_line(&mut out);
         }
@@ -518,8 +528,13 @@ impl FastApp {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        let start = upstream::start(&h, &ubuf[h.len..], &mut out)?;
-        let done = upstream::relay_body(&mut ex, client, &h, start, &out, &mut ubuf).await;
+        let done = match encoder {
+            Some(e) => compress::relay(&mut ex, client, &h, e, &mut out, &mut ubuf).await?,
+            None => {
+                let start = upstream::start(&h, &ubuf[h.len..], &mut out)?;
+                upstream::relay_body(&mut ex, client, &h, start, &out, &mut ubuf).await
+            }
+        };
         // A slot that left duty while this request ran does not get its connection back.
         if done.upstream_ok && self.control.takes_traffic(slot) {
             member.idle.put(ex.conn.release(), self.upstream_idle_max);

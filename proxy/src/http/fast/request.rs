@@ -6,6 +6,7 @@ use bascule_config::LimitsConfig;
 use pingora_http::RequestHeader;
 
 use crate::wire::access_log::LogRequest;
+use crate::wire::compress::{Compression, Negotiated};
 use crate::wire::forward::{Forwarded, Peer};
 use crate::wire::request::{
     check, write_upstream_h1, Body, Forwarding, RequestHead, Version, MAX_REQUEST_HEADERS,
@@ -37,6 +38,8 @@ pub(super) struct Request {
     pub(super) statics: Option<Box<RequestHeader>>,
     /// What the access log shows of the head, when the log is on.
     pub(super) log: Option<Box<LogRequest>>,
+    /// What `Accept-Encoding` allows, under `[compression]`.
+    pub(super) negotiated: Negotiated,
 }
 
 /// The normalised path: where it lies in the connection's buffer, or (rewritten) its own copy.
@@ -83,6 +86,8 @@ pub(super) struct Policy<'a> {
     pub(super) route_of: &'a dyn Fn(&str) -> (Option<usize>, bool),
     /// The access log is on: copy what it shows of the head.
     pub(super) log: bool,
+    /// `[compression]`, when on.
+    pub(super) compression: Option<&'a Compression>,
 }
 
 /// Parses and checks the request head at the start of `buf`; for an upstream request, writes
@@ -158,6 +163,11 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         let headers = head.headers.iter().map(|h| (h.name, h.value));
         Box::new(LogRequest::new(head.method, head.target, false, headers))
     });
+    // Only HTTP/1.1 stays here: the version never rules compression out.
+    let negotiated = match policy.compression {
+        Some(comp) if !is_static => comp.negotiate(head_method, false, c.accept_encoding),
+        _ => Negotiated::Off,
+    };
     Head::Fast(Request {
         head_len,
         head_method,
@@ -166,5 +176,6 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         route,
         statics,
         log,
+        negotiated,
     })
 }
