@@ -4,6 +4,7 @@
 //! and the upstream (an nginx worker answering `ok`) on core 1; runs alternate (nginx, Bascule,
 //! nginx, …) and medians are compared as a ratio. Results go to `target/bench-report/`.
 
+mod compression;
 mod loadgen;
 mod procs;
 mod report;
@@ -21,7 +22,8 @@ use clap::Parser;
     about = "Bascule beside nginx, same core, same load"
 )]
 pub(crate) struct Opts {
-    /// Scenarios to run (proxy, proxy-edge, static-1k, static-100k, latency, flips, idle-conns);
+    /// Scenarios to run (proxy, proxy-edge, proxy-gzip, static-1k, static-100k, latency, flips,
+    /// idle-conns);
     /// default: all.
     #[arg(long = "scenario")]
     pub(crate) scenarios: Vec<String>,
@@ -42,9 +44,10 @@ pub(crate) struct Opts {
     pub(crate) loadgen: Vec<String>,
 }
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "proxy",
     "proxy-edge",
+    "proxy-gzip",
     "static-1k",
     "static-100k",
     "latency",

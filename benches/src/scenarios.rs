@@ -22,7 +22,7 @@ end
 "#;
 
 /// One wrk run's numbers.
-struct Wrk {
+pub(crate) struct Wrk {
     requests: u64,
     seconds: f64,
     p50: f64,
@@ -31,7 +31,14 @@ struct Wrk {
     errors: u64,
 }
 
-fn wrk(lab: &Lab, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<Wrk> {
+/// One wrk run against `addr`, with `headers` (`Name: value`) on every request.
+pub(crate) fn wrk(
+    lab: &Lab,
+    addr: SocketAddr,
+    path: &str,
+    secs: u64,
+    headers: &[&str],
+) -> anyhow::Result<Wrk> {
     let script = lab.dir.path().join("report.lua");
     if !script.exists() {
         std::fs::write(&script, WRK_LUA)?;
@@ -41,6 +48,7 @@ fn wrk(lab: &Lab, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<Wrk
         .arg(&lab.wrk)
         .args(["-t1", "-c50"])
         .arg(format!("-d{secs}s"))
+        .args(headers.iter().flat_map(|h| ["-H", h]))
         .arg("-s")
         .arg(&script)
         .arg(format!("http://{addr}{path}"))
@@ -73,16 +81,17 @@ fn result_line(stdout: &[u8]) -> anyhow::Result<Vec<f64>> {
 }
 
 /// One measured run of `system` at `addr`, CPU accounted to `pids`.
-fn measure(
+pub(crate) fn measure(
     lab: &Lab,
     system: &str,
     addr: SocketAddr,
     pids: &[u32],
     path: &str,
     secs: u64,
+    headers: &[&str],
 ) -> anyhow::Result<Row> {
     let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-    let w = wrk(lab, addr, path, secs)?;
+    let w = wrk(lab, addr, path, secs, headers)?;
     let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
     // A reload replaces nginx workers mid-run; their ticks are lost, hence saturating.
     let cpu_s = after.saturating_sub(before) as f64 / ticks_per_second();
@@ -100,7 +109,7 @@ fn measure(
 }
 
 /// The median run by `key`, carrying the errors of all runs.
-fn median_by(mut rows: Vec<Row>, key: impl Fn(&Row) -> f64) -> Row {
+pub(crate) fn median_by(mut rows: Vec<Row>, key: impl Fn(&Row) -> f64) -> Row {
     rows.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let errors = rows.iter().map(|r| r.errors).sum();
     let mut m = rows.swap_remove(rows.len() / 2);
@@ -124,8 +133,8 @@ fn throughput_of(
     let (bascule_addr, bascule_pid) = bascule;
     let bascule_pids = [bascule_pid];
     // Warm both (pools, caches) before measuring.
-    wrk(lab, lab.nginx_addr, path, 1)?;
-    wrk(lab, bascule_addr, path, 1)?;
+    wrk(lab, lab.nginx_addr, path, 1, &[])?;
+    wrk(lab, bascule_addr, path, 1, &[])?;
     let (mut n, mut b) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
         n.push(measure(
@@ -135,6 +144,7 @@ fn throughput_of(
             &nginx_pids,
             path,
             opts.duration,
+            &[],
         )?);
         b.push(measure(
             lab,
@@ -143,6 +153,7 @@ fn throughput_of(
             &bascule_pids,
             path,
             opts.duration,
+            &[],
         )?);
     }
     let by_rps = |r: &Row| r.rps;
@@ -191,7 +202,7 @@ fn while_switching(
 fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
     let secs = opts.duration;
     let nginx_pids = lab.nginx_pids();
-    let steady_n = measure(lab, "nginx", lab.nginx_addr, &nginx_pids, "/", secs)?;
+    let steady_n = measure(lab, "nginx", lab.nginx_addr, &nginx_pids, "/", secs, &[])?;
     let (include, nginx, conf, ups) = (
         lab.upstream_include.clone(),
         lab.nginx.clone(),
@@ -211,7 +222,17 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
             anyhow::ensure!(st.status.success(), "nginx -s reload failed");
             Ok(())
         },
-        || measure(lab, "nginx", lab.nginx_addr, &lab.nginx_pids(), "/", secs),
+        || {
+            measure(
+                lab,
+                "nginx",
+                lab.nginx_addr,
+                &lab.nginx_pids(),
+                "/",
+                secs,
+                &[],
+            )
+        },
     )?;
     reload_n.note = format!(
         "{reloads} reloads (every 500 ms); {:.0}% of steady {:.0} req/s",
@@ -225,6 +246,7 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
         &[lab.bascule_pid],
         "/",
         secs,
+        &[],
     )?;
     let admin_sock = lab.admin.clone();
     let lab_admin = move |i: usize| {
@@ -244,6 +266,7 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
             &[lab.bascule_pid],
             "/",
             secs,
+            &[],
         )
     })?;
     admin(lab, "flip blue --force")?;
@@ -330,7 +353,7 @@ fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// Open-loop latency at half of nginx's measured maximum, same rate for both.
 fn latency(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
-    let max = wrk(lab, lab.nginx_addr, "/", opts.duration.min(3))?;
+    let max = wrk(lab, lab.nginx_addr, "/", opts.duration.min(3), &[])?;
     let rate = 0.5 * max.requests as f64 / max.seconds.max(1e-9);
     let exe = std::env::current_exe()?;
     let run = |system: &str, addr: SocketAddr, pids: &[u32]| -> anyhow::Result<Row> {
@@ -392,6 +415,7 @@ pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario
         ),
         "static-1k" => throughput("static-1k", lab, opts, ASSET_1K),
         "static-100k" => throughput("static-100k", lab, opts, ASSET_100K),
+        "proxy-gzip" => crate::compression::gzip(lab, opts),
         "latency" => latency(lab, opts),
         "flips" => flips(lab, opts),
         "idle-conns" => idle(lab, opts),

@@ -428,17 +428,14 @@ impl ProxyHttp for Bascule {
             return Ok(None);
         };
         let mut out = Vec::new();
-        if let Some(b) = body.as_deref().filter(|b| !b.is_empty()) {
-            encoder
-                .chunk(b, &mut out)
-                .or_err(ErrorType::InternalError, "compressing a response")?;
-        }
-        if end_of_stream {
-            if let Some(e) = ctx.encoder.take() {
-                e.finish(&mut out)
-                    .or_err(ErrorType::InternalError, "compressing a response")?;
-            }
-        }
+        let input = body.as_deref().unwrap_or_default();
+        let done = if end_of_stream {
+            ctx.encoder.take().map(|e| e.finish(input, &mut out))
+        } else {
+            (!input.is_empty()).then(|| encoder.chunk(input, &mut out))
+        };
+        done.transpose()
+            .or_err(ErrorType::InternalError, "compressing a response")?;
         *body = (!out.is_empty()).then(|| Bytes::from(out));
         Ok(None)
     }

@@ -430,12 +430,22 @@ impl Encoder {
         Ok(())
     }
 
-    /// Ends the stream; appends its last bytes to `out`.
-    pub(crate) fn finish(self, out: &mut Vec<u8>) -> std::io::Result<()> {
+    /// Compresses the last piece, `input`, and ends the stream (no flush before: a body read
+    /// whole is one block); appends what came out to `out`.
+    pub(crate) fn finish(self, input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
         let tail = match self {
-            Encoder::Gzip(e) => e.finish()?,
-            Encoder::Brotli(e) => e.into_inner(),
-            Encoder::Zstd(e) => e.finish()?,
+            Encoder::Gzip(mut e) => {
+                e.write_all(input)?;
+                e.finish()?
+            }
+            Encoder::Brotli(mut e) => {
+                e.write_all(input)?;
+                e.into_inner()
+            }
+            Encoder::Zstd(mut e) => {
+                e.write_all(input)?;
+                e.finish()?
+            }
         };
         out.extend_from_slice(&tail);
         Ok(())

@@ -80,13 +80,12 @@ fn frame(
     out: &mut Vec<u8>,
 ) -> std::io::Result<u64> {
     z.clear();
-    if let Some(e) = encoder.as_mut().filter(|_| !plain.is_empty()) {
-        e.chunk(plain, z)?;
-    }
     if last {
         if let Some(e) = encoder.take() {
-            e.finish(z)?;
+            e.finish(plain, z)?;
         }
+    } else if let Some(e) = encoder.as_mut().filter(|_| !plain.is_empty()) {
+        e.chunk(plain, z)?;
     }
     if !z.is_empty() {
         out.extend_from_slice(format!("{:x}\r\n", z.len()).as_bytes());
