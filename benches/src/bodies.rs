@@ -44,6 +44,7 @@ pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario
     let load = Load {
         path: "/",
         lua: Some(lua),
+        headers: &[],
     };
     throughput_of(name, lab, opts, load, bascule)
 }

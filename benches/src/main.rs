@@ -5,6 +5,7 @@
 //! nginx, …) and medians are compared as a ratio. Results go to `target/bench-report/`.
 
 mod bodies;
+mod compression;
 mod loadgen;
 mod procs;
 mod report;
@@ -22,8 +23,8 @@ use clap::Parser;
     about = "Bascule beside nginx, same core, same load"
 )]
 pub(crate) struct Opts {
-    /// Scenarios to run (proxy, proxy-edge, post-1k, post-64k, post-chunked, upload, static-1k,
-    /// static-100k, latency, flips, idle-conns);
+    /// Scenarios to run (proxy, proxy-edge, proxy-gzip, post-1k, post-64k, post-chunked, upload,
+    /// static-1k, static-100k, latency, flips, idle-conns);
     /// default: all.
     #[arg(long = "scenario")]
     pub(crate) scenarios: Vec<String>,
@@ -44,9 +45,10 @@ pub(crate) struct Opts {
     pub(crate) loadgen: Vec<String>,
 }
 
-const ALL: [&str; 11] = [
+const ALL: [&str; 12] = [
     "proxy",
     "proxy-edge",
+    "proxy-gzip",
     "post-1k",
     "post-64k",
     "post-chunked",

@@ -22,7 +22,7 @@ end
 "#;
 
 /// One wrk run's numbers.
-struct Wrk {
+pub(crate) struct Wrk {
     requests: u64,
     seconds: f64,
     p50: f64,
@@ -37,16 +37,23 @@ struct Wrk {
 pub(crate) struct Load<'a> {
     pub(crate) path: &'a str,
     pub(crate) lua: Option<(&'a str, &'a str)>,
+    /// Sent on every request (`Name: value`).
+    pub(crate) headers: &'a [&'a str],
 }
 
 impl<'a> Load<'a> {
     /// `GET path`.
     pub(crate) fn get(path: &'a str) -> Load<'a> {
-        Load { path, lua: None }
+        Load {
+            path,
+            lua: None,
+            headers: &[],
+        }
     }
 }
 
-fn wrk(lab: &Lab, addr: SocketAddr, load: Load<'_>, secs: u64) -> anyhow::Result<Wrk> {
+/// One wrk run of `load` against `addr`.
+pub(crate) fn wrk(lab: &Lab, addr: SocketAddr, load: Load<'_>, secs: u64) -> anyhow::Result<Wrk> {
     let (name, prelude) = load.lua.unwrap_or(("report", ""));
     let script = lab.dir.path().join(format!("{name}.lua"));
     if !script.exists() {
@@ -57,6 +64,7 @@ fn wrk(lab: &Lab, addr: SocketAddr, load: Load<'_>, secs: u64) -> anyhow::Result
         .arg(&lab.wrk)
         .args(["-t1", "-c50"])
         .arg(format!("-d{secs}s"))
+        .args(load.headers.iter().flat_map(|h| ["-H", h]))
         .arg("-s")
         .arg(&script)
         .arg(format!("http://{addr}{}", load.path))
@@ -89,13 +97,14 @@ fn result_line(stdout: &[u8]) -> anyhow::Result<Vec<f64>> {
 }
 
 /// One measured run of `system` at `addr`, CPU accounted to `pids`.
-fn measure(
+pub(crate) fn measure(
     lab: &Lab,
     system: &str,
     addr: SocketAddr,
     pids: &[u32],
     load: Load<'_>,
     secs: u64,
+    headers: &[&str],
 ) -> anyhow::Result<Row> {
     let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
     let w = wrk(lab, addr, load, secs)?;
@@ -152,6 +161,7 @@ pub(crate) fn throughput_of(
             &nginx_pids,
             load,
             opts.duration,
+            &[],
         )?);
         b.push(measure(
             lab,
@@ -160,6 +170,7 @@ pub(crate) fn throughput_of(
             &bascule_pids,
             load,
             opts.duration,
+            &[],
         )?);
     }
     let by_rps = |r: &Row| r.rps;
@@ -258,6 +269,7 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
         &[lab.bascule_pid],
         Load::get("/"),
         secs,
+        &[],
     )?;
     let admin_sock = lab.admin.clone();
     let lab_admin = move |i: usize| {
@@ -277,6 +289,7 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
             &[lab.bascule_pid],
             Load::get("/"),
             secs,
+            &[],
         )
     })?;
     admin(lab, "flip blue --force")?;
@@ -426,6 +439,7 @@ pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario
         "post-1k" | "post-64k" | "post-chunked" | "upload" => crate::bodies::run(name, lab, opts),
         "static-1k" => throughput("static-1k", lab, opts, ASSET_1K),
         "static-100k" => throughput("static-100k", lab, opts, ASSET_100K),
+        "proxy-gzip" => crate::compression::gzip(lab, opts),
         "latency" => latency(lab, opts),
         "flips" => flips(lab, opts),
         "idle-conns" => idle(lab, opts),

@@ -14,6 +14,12 @@ pub(crate) const LOAD_CORE: u32 = 1;
 pub(crate) const ASSET_1K: &str = "/assets/app-3f9a1c2b.js";
 /// The 100 KB hashed asset.
 pub(crate) const ASSET_100K: &str = "/assets/vendor-7e6d5c4b.js";
+/// The ~10 KiB JSON document the upstream serves, compressed by the front (`proxy-gzip`).
+pub(crate) const JSON_10K: &str = "/gz/data.json";
+/// The same document through nginx's front without compression.
+pub(crate) const JSON_10K_PLAIN: &str = "/gzoff/data.json";
+/// gzip level of both fronts in `proxy-gzip`: Bascule's (wire/compress.rs).
+const GZIP_LEVEL: u32 = 5;
 
 /// External tools.
 pub(crate) struct Tools {
@@ -104,6 +110,11 @@ pub(crate) struct Lab {
     pub(crate) bascule_fwd_addr: SocketAddr,
     /// Its process id.
     pub(crate) bascule_fwd_pid: u32,
+    /// A third Bascule with `[compression] algorithms = ["gzip"]`, against nginx's `/gz/`
+    /// location (`gzip on` at the same level).
+    pub(crate) bascule_gzip_addr: SocketAddr,
+    /// Its process id.
+    pub(crate) bascule_gzip_pid: u32,
     /// nginx front's pid file.
     pub(crate) nginx_pid_file: PathBuf,
     /// nginx binary, for reloads.
@@ -150,6 +161,8 @@ impl Lab {
         std::fs::write(site.join(&ASSET_1K[1..]), filler(1024))?;
         std::fs::write(site.join(&ASSET_100K[1..]), filler(100 * 1024))?;
         std::fs::write(site.join("index.html"), b"<!doctype html>")?;
+        std::fs::create_dir_all(site.join("gz"))?;
+        std::fs::write(site.join(&JSON_10K[1..]), json_10k())?;
 
         let mut procs = Vec::new();
         // Two upstreams (blue, green) in one nginx worker on the load core.
@@ -159,10 +172,14 @@ impl Lab {
             &up_conf,
             format!(
                 "{}http {{ access_log off; {} keepalive_requests 100000000; client_max_body_size 0;\n\
-                 server {{ listen 127.0.0.1:{ub}; location / {{ return 200 \"ok\\n\"; }} }}\n\
-                 server {{ listen 127.0.0.1:{ug}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+                 server {{ listen 127.0.0.1:{ub}; location / {{ return 200 \"ok\\n\"; }} {json} }}\n\
+                 server {{ listen 127.0.0.1:{ug}; location / {{ return 200 \"ok\\n\"; }} {json} }} }}\n",
                 nginx_common(d, "upstream"),
-                temp_paths(d)
+                temp_paths(d),
+                json = format!(
+                    "location /gz/ {{ root {}; default_type application/json; }}",
+                    site.display()
+                ),
             ),
         )?;
         let prefix = d.display().to_string();
@@ -195,7 +212,10 @@ impl Lab {
                    location /edge/ {{ access_log {edge_log} combined; proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
                      proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;\n\
                      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-                     proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }} }} }}\n",
+                     proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }}\n\
+                   location /gz/ {{ gzip on; gzip_types application/json; gzip_comp_level {GZIP_LEVEL}; gzip_min_length 1024; gzip_vary on;\n\
+                     proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
+                   location /gzoff/ {{ proxy_pass http://app/gz/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
                 nginx_common(d, "front"),
                 temp_paths(d),
                 inc = include.display(),
@@ -213,7 +233,10 @@ impl Lab {
 
         // Bascule: one thread, same site, same upstreams; bare (as nginx's `/`) and with
         // forwarded headers (as nginx's `/edge/`).
-        let start_bascule = |name: &str, edge: bool| -> anyhow::Result<(Guard, SocketAddr)> {
+        let start_bascule = |name: &str,
+                             edge: bool,
+                             more: &str|
+         -> anyhow::Result<(Guard, SocketAddr)> {
             let port = free_port()?;
             let access_log = if edge {
                 format!(
@@ -228,7 +251,7 @@ impl Lab {
                 &conf,
                 format!(
                     "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
-                     [forwarding]\nx_forwarded = {edge}\n[limits]\nmax_body_bytes = 1073741824\n{access_log}\
+                     [forwarding]\nx_forwarded = {edge}\n[limits]\nmax_body_bytes = 1073741824\n{access_log}{more}\
                      [slots.blue]\nupstreams = [\"{b}\"]\nstatic_root = \"{s}\"\n\
                      [slots.green]\nupstreams = [\"{g}\"]\nstatic_root = \"{s}\"\n\
                      [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n",
@@ -248,12 +271,16 @@ impl Lab {
             Ok((guard, addr))
         };
         let admin = d.join("admin.sock");
-        let (guard, bascule_addr) = start_bascule("admin", false)?;
+        let (guard, bascule_addr) = start_bascule("admin", false, "")?;
         // taskset execs the program, so the child's pid is Bascule's.
         let bascule_pid = guard.0.id();
         procs.push(guard);
-        let (guard, bascule_fwd_addr) = start_bascule("fwd", true)?;
+        let (guard, bascule_fwd_addr) = start_bascule("fwd", true, "")?;
         let bascule_fwd_pid = guard.0.id();
+        procs.push(guard);
+        let gzip = "[compression]\nalgorithms = [\"gzip\"]\n";
+        let (guard, bascule_gzip_addr) = start_bascule("gzip", false, gzip)?;
+        let bascule_gzip_pid = guard.0.id();
         procs.push(guard);
         Ok(Lab {
             nginx_pid_file: d.join("front.pid"),
@@ -264,6 +291,8 @@ impl Lab {
             bascule_pid,
             bascule_fwd_addr,
             bascule_fwd_pid,
+            bascule_gzip_addr,
+            bascule_gzip_pid,
             nginx: tools.nginx.clone(),
             wrk: tools.wrk.clone(),
             nginx_conf,
@@ -283,4 +312,31 @@ impl Lab {
         pids.extend(crate::procs::children(master));
         pids
     }
+}
+
+/// A ~10 KiB JSON API answer: records with ids, names, numbers and flags, as compressible as
+/// real ones (not one repeated string).
+fn json_10k() -> String {
+    let names = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    ];
+    let mut items = Vec::new();
+    let mut total = 2;
+    let mut i = 0u64;
+    while total < 10 * 1024 {
+        let item = format!(
+            "{{\"id\":{},\"name\":\"{}-{}\",\"price\":{}.{:02},\"stock\":{},\"active\":{}}}",
+            1000 + i * 7,
+            names[(i % 8) as usize],
+            i * 13 % 97,
+            i * 31 % 500,
+            i * 17 % 100,
+            i * 3 % 41,
+            !i.is_multiple_of(3)
+        );
+        total += item.len() + 1;
+        items.push(item);
+        i += 1;
+    }
+    format!("[{}]", items.join(","))
 }

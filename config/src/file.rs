@@ -48,6 +48,7 @@ pub(crate) struct FileConfig {
     pub(crate) preview: Option<crate::preview::file::Preview>,
     #[serde(default)]
     pub(crate) canary: crate::preview::file::Canary,
+    pub(crate) compression: Option<crate::compression::file::Compression>,
 }
 
 #[derive(Debug, Deserialize, Default)]

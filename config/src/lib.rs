@@ -11,6 +11,7 @@
 
 mod access_log;
 mod cluster;
+mod compression;
 mod edge;
 mod error;
 mod file;
@@ -26,6 +27,10 @@ pub use validate::check_upstream;
 
 pub use access_log::{AccessLogConfig, AccessLogFormat, AccessLogPath, DEFAULT_ACCESS_LOG_BUFFER};
 pub use cluster::ClusterConfig;
+pub use compression::{
+    Algorithm, CompressionConfig, DEFAULT_COMPRESSION_ALGORITHMS, DEFAULT_COMPRESSION_MIN_BYTES,
+    DEFAULT_COMPRESSION_TYPES,
+};
 pub use edge::{
     ForwardingConfig, LimitsConfig, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
@@ -140,6 +145,8 @@ pub struct Config {
     pub preview: Option<PreviewConfig>,
     /// `[canary]`: how clients keep their slot while weights split traffic.
     pub canary: CanaryConfig,
+    /// Compression of proxied responses (off without a `[compression]` table).
+    pub compression: CompressionConfig,
 }
 
 /// Process-level settings (`[server]`).

@@ -478,3 +478,42 @@ fn rate_limits_entries() {
     );
     assert!(msg.contains("has a limit already"), "{msg}");
 }
+
+#[test]
+fn compression_is_off_without_a_table_and_br_gzip_with_one() {
+    let off = parse("", "t.toml").unwrap().compression;
+    assert!(!off.is_on());
+    let c = parse("[compression]\n", "t.toml").unwrap().compression;
+    assert_eq!(c.algorithms, [Algorithm::Brotli, Algorithm::Gzip]);
+    assert_eq!(c.min_bytes, DEFAULT_COMPRESSION_MIN_BYTES);
+    assert_eq!(c.types, DEFAULT_COMPRESSION_TYPES);
+    let c = parse(
+        "[compression]\nalgorithms = [\"zstd\", \"gzip\"]\nmin_bytes = 10\ntypes = [\"Text/\"]\n",
+        "t.toml",
+    )
+    .unwrap()
+    .compression;
+    assert_eq!(c.algorithms, [Algorithm::Zstd, Algorithm::Gzip]);
+    assert_eq!((c.min_bytes, c.types), (10, vec!["text/".to_string()]));
+    let off = parse("[compression]\nalgorithms = []\n", "t.toml").unwrap();
+    assert!(!off.compression.is_on());
+}
+
+#[test]
+fn compression_names_the_bad_key() {
+    let (line, col, msg) = invalid("[compression]\nalgorithms = [\"gzip\", \"deflate\"]\n");
+    assert_eq!((line, col), (2, 23));
+    assert!(
+        msg.starts_with("compression.algorithms: `deflate` is not one of"),
+        "{msg}"
+    );
+    let (line, _, msg) = invalid("[compression]\nalgorithms = [\"br\", \"br\"]\n");
+    assert_eq!(line, 2);
+    assert!(msg.contains("listed twice"), "{msg}");
+    let (line, _, msg) = invalid("[compression]\nmin_bytes = 1\ntypes = [\"text/ html\"]\n");
+    assert_eq!(line, 3);
+    assert!(msg.starts_with("compression.types: `text/ html`"), "{msg}");
+    let (line, _, msg) = invalid("[compression]\nlevel = 3\n");
+    assert_eq!(line, 2);
+    assert!(msg.contains("level"), "{msg}");
+}

@@ -168,6 +168,7 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
     let cluster = f.cluster.map(crate::cluster::cluster).transpose()?;
     let preview = f.preview.map(crate::preview::preview).transpose()?;
     let canary = crate::preview::canary(f.canary, preview.as_ref())?;
+    let compression = crate::compression::compression(f.compression)?;
 
     Ok(Config {
         source: None,
@@ -196,6 +197,7 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         cluster,
         preview,
         canary,
+        compression,
     })
 }
 

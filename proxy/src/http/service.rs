@@ -16,7 +16,7 @@ use http::HeaderValue;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::control::Control;
@@ -25,6 +25,7 @@ use crate::slots::counters::InflightGuard;
 use crate::slots::routing::Routing;
 use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry, LogRequest};
+use crate::wire::compress::{self, Compression, Encoder, Facts, Negotiated, Plan};
 use crate::wire::headers::EdgeHeaders;
 use crate::wire::rate_limit::RateLimits;
 use crate::wire::retry::{self, Failure, Retries};
@@ -48,6 +49,8 @@ pub struct Bascule {
     rate: RateLimits,
     /// `[preview]` and `[canary]`.
     slots: SlotPolicy,
+    /// `[compression]`, when on.
+    compression: Option<Compression>,
 }
 
 impl Bascule {
@@ -72,6 +75,7 @@ impl Bascule {
             edge: EdgeHeaders::new(&config.headers, config.server.slot_header.as_deref()),
             rate: RateLimits::new(&config.rate_limits, &control.metrics().rate_limited),
             slots: SlotPolicy::new(config.preview.as_ref(), &config.canary),
+            compression: Compression::new(&config.compression),
             control,
             log,
         }
@@ -146,6 +150,10 @@ pub struct RequestCtx {
     log_request: Option<Box<LogRequest>>,
     /// The route's own response headers.
     route_headers: Option<HeaderLines>,
+    /// What `Accept-Encoding` allows for a proxied response.
+    negotiated: Negotiated,
+    /// The compressor of a response being compressed.
+    encoder: Option<Encoder>,
     start: Instant,
 }
 
@@ -204,6 +212,8 @@ impl ProxyHttp for Bascule {
             upstream_answered: false,
             log_request: None,
             route_headers: None,
+            negotiated: Negotiated::Off,
+            encoder: None,
             start: Instant::now(),
         }
     }
@@ -224,6 +234,17 @@ impl ProxyHttp for Bascule {
             .map(|a| a.ip());
         if self.log.is_some() {
             ctx.log_request = Some(Box::new(LogRequest::from_pingora(session.req_header())));
+        }
+        // Read before the head is rewritten: as on the fast path, the first value as sent.
+        if let Some(c) = &self.compression {
+            let req = session.req_header();
+            ctx.negotiated = c.negotiate(
+                req.method == http::Method::HEAD,
+                req.version < http::Version::HTTP_11,
+                req.headers
+                    .get(http::header::ACCEPT_ENCODING)
+                    .map(|v| v.as_bytes()),
+            );
         }
         let mode = forward::mode(
             &self.forwarding,
@@ -396,8 +417,9 @@ impl ProxyHttp for Bascule {
         e
     }
 
-    /// Response phase, before the header goes downstream: tags it with the serving slot, and
-    /// registers an accepted upgrade (101) as an upgraded connection of that slot.
+    /// Response phase, before the header goes downstream: tags it with the serving slot,
+    /// registers an accepted upgrade (101) as an upgraded connection of that slot, and applies
+    /// the compression policy (`wire::compress`) to the head.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -429,7 +451,41 @@ impl ProxyHttp for Bascule {
                 ctx.upgraded = r.counters.upgraded.register(ctx.slot, fd);
             }
         }
+        if let Some(c) = &self.compression {
+            let plan = c.plan(ctx.negotiated, &Facts::of_pingora(upstream_response));
+            let h1 = session.req_header().version != http::Version::HTTP_2;
+            compress::apply_pingora(plan, upstream_response, h1);
+            if let Plan::Encode(a) = plan {
+                ctx.encoder = Some(Encoder::new(a).or_err(ErrorType::InternalError, "compressor")?);
+            }
+        }
         Ok(())
+    }
+
+    /// Response phase, per piece of the body: compresses it when the head was planned so, each
+    /// piece flushed so a streamed response is not held back; the codec's tail goes with the
+    /// last piece.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        let Some(encoder) = ctx.encoder.as_mut() else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let input = body.as_deref().unwrap_or_default();
+        let done = if end_of_stream {
+            ctx.encoder.take().map(|e| e.finish(input, &mut out))
+        } else {
+            (!input.is_empty()).then(|| encoder.chunk(input, &mut out))
+        };
+        done.transpose()
+            .or_err(ErrorType::InternalError, "compressing a response")?;
+        *body = (!out.is_empty()).then(|| Bytes::from(out));
+        Ok(None)
     }
 
     /// Error phase, when the request cannot be completed: 502 (unreachable), 503 (no usable

@@ -1,5 +1,7 @@
 //! Content negotiation (`Accept-Encoding`) and byte ranges.
 
+use bascule_config::Algorithm;
+
 /// A representation's content coding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Encoding {
@@ -49,56 +51,25 @@ impl Encoding {
     }
 }
 
-/// The codings a client accepts (q > 0), from its `Accept-Encoding` header.
+/// The codings a client accepts (q > 0), by the parser compression uses too.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Accepted {
-    br: bool,
-    zstd: bool,
-    gzip: bool,
-}
+pub(crate) struct Accepted(crate::wire::compress::Accepted);
 
 impl Accepted {
     /// Whether `e` may be sent.
     pub(crate) fn contains(&self, e: Encoding) -> bool {
         match e {
             Encoding::Identity => true,
-            Encoding::Brotli => self.br,
-            Encoding::Zstd => self.zstd,
-            Encoding::Gzip => self.gzip,
+            Encoding::Brotli => self.0.accepts(Algorithm::Brotli),
+            Encoding::Zstd => self.0.accepts(Algorithm::Zstd),
+            Encoding::Gzip => self.0.accepts(Algorithm::Gzip),
         }
     }
 }
 
 /// Parses `Accept-Encoding`, honouring `q=0` and `*`.
 pub(crate) fn accepted_encodings(header: Option<&[u8]>) -> Accepted {
-    let mut acc = Accepted::default();
-    let Some(header) = header.and_then(|h| std::str::from_utf8(h).ok()) else {
-        return acc;
-    };
-    let mut star = None;
-    let (mut br, mut zstd, mut gzip) = (None, None, None);
-    for item in header.split(',') {
-        let mut parts = item.split(';');
-        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .filter_map(|q| q.trim().parse::<f32>().ok())
-            .next()
-            .unwrap_or(1.0);
-        let ok = q > 0.0;
-        match name.as_str() {
-            "br" => br = Some(ok),
-            "zstd" => zstd = Some(ok),
-            "gzip" | "x-gzip" => gzip = Some(ok),
-            "*" => star = Some(ok),
-            _ => {}
-        }
-    }
-    let star = star.unwrap_or(false);
-    acc.br = br.unwrap_or(star);
-    acc.zstd = zstd.unwrap_or(star);
-    acc.gzip = gzip.unwrap_or(star);
-    acc
+    Accepted(crate::wire::compress::Accepted::parse(header))
 }
 
 /// What a `Range` header asks of a body of known length.

@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub(crate) mod chunked;
+pub(crate) mod compress;
 pub(crate) mod forward;
 pub(crate) mod headers;
 pub mod invariants;

@@ -117,6 +117,8 @@ pub(crate) struct Checked<'a> {
     pub(crate) has_proto: bool,
     /// See [`Self::has_real_ip`].
     pub(crate) has_fwd_host: bool,
+    /// The first `Accept-Encoding` value (forwarded as it is; read by `[compression]`).
+    pub(crate) accept_encoding: Option<&'a [u8]>,
 }
 
 /// What one header name means to the policy.
@@ -134,6 +136,8 @@ pub(crate) enum Kind {
     XRealIp,
     XForwardedProto,
     XForwardedHost,
+    /// `Accept-Encoding`: forwarded, and noted for `[compression]`.
+    AcceptEncoding,
     Other,
 }
 
@@ -152,6 +156,7 @@ pub(crate) fn kind(name: &[u8]) -> Kind {
         10 if is(b"keep-alive") => Kind::HopByHop,
         14 if is(b"content-length") => Kind::ContentLength,
         15 if is(b"x-forwarded-for") => Kind::XForwardedFor,
+        15 if is(b"accept-encoding") => Kind::AcceptEncoding,
         16 if is(b"proxy-connection") => Kind::HopByHop,
         16 if is(b"x-forwarded-host") => Kind::XForwardedHost,
         17 if is(b"transfer-encoding") => Kind::TransferEncoding,
@@ -204,6 +209,7 @@ pub(crate) fn check<'a>(
         has_real_ip: false,
         has_proto: false,
         has_fwd_host: false,
+        accept_encoding: None,
     };
     let mut host_header: Option<&str> = None;
     let mut length: Option<u64> = None;
@@ -214,6 +220,10 @@ pub(crate) fn check<'a>(
         let value = h.value;
         match kind(h.name.as_bytes()) {
             Kind::Other => continue,
+            Kind::AcceptEncoding => {
+                c.accept_encoding = c.accept_encoding.or(Some(value));
+                continue;
+            }
             Kind::Host => {
                 if host_header.is_some() {
                     return Err(Reject::BadRequest("more than one Host"));

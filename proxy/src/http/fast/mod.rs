@@ -13,6 +13,7 @@
 
 mod answer;
 mod body;
+mod compress;
 mod park;
 mod request;
 mod upstream;
@@ -40,6 +41,7 @@ use crate::slots::choice::SlotPolicy;
 use crate::slots::routing::{Member, Routing};
 use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry};
+use crate::wire::compress::Compression;
 use crate::wire::forward::{self, Peer};
 use crate::wire::headers::{EdgeHeaders, RouteHeaders};
 use crate::wire::rate_limit::RateLimits;
@@ -93,6 +95,8 @@ pub struct FastApp {
     rate: RateLimits,
     /// `[preview]` and `[canary]`.
     slots: SlotPolicy,
+    /// `[compression]`, when on.
+    compression: Option<Compression>,
 }
 
 impl FastApp {
@@ -131,6 +135,7 @@ impl FastApp {
             edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),
             rate,
             slots: SlotPolicy::new(config.preview.as_ref(), &config.canary),
+            compression: Compression::new(&config.compression),
         }
     }
 
@@ -284,6 +289,7 @@ impl FastApp {
                         route_of: &route_of,
                         log: self.log.is_some(),
                         slots: self.slots.reads_headers(&routing).then_some(&self.slots),
+                        compression: self.compression.as_ref(),
                     };
                     match request::parse(&buf, &policy, &mut scratch) {
                         Head::Partial => {}
@@ -630,6 +636,10 @@ impl FastApp {
                 out.truncate(out.len() - TE.len());
             }
         }
+        let encoder = self
+            .compression
+            .as_ref()
+            .and_then(|c| compress::plan(c, req.negotiated, &h, &mut out));
         if !h.has_date {
             date_line(&mut out);
         }
@@ -641,8 +651,13 @@ impl FastApp {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        let start = upstream::start(&h, &ubuf[h.len..], &mut out, decode)?;
-        let done = upstream::relay_body(&mut ex, client, &h, start, &out, &mut ubuf).await;
+        let done = match encoder {
+            Some(e) => compress::relay(&mut ex, client, &h, e, &mut out, &mut ubuf).await?,
+            None => {
+                let start = upstream::start(&h, &ubuf[h.len..], &mut out, decode)?;
+                upstream::relay_body(&mut ex, client, &h, start, &out, &mut ubuf).await
+            }
+        };
         // A slot that left duty while this request ran does not get its connection back; a
         // preview's does (else every preview of the idle slot opens a new connection): at
         // most `keepalive_pool` per member, dropped with the member or taken when stale.

@@ -7,6 +7,7 @@ use pingora_http::RequestHeader;
 
 use crate::slots::choice::{Asked, SlotPolicy};
 use crate::wire::access_log::LogRequest;
+use crate::wire::compress::{Compression, Negotiated};
 use crate::wire::forward::{Forwarded, Peer};
 use crate::wire::request::{
     check, write_upstream_h1, Body, Forwarding, RequestHead, Version, MAX_REQUEST_HEADERS,
@@ -50,6 +51,8 @@ pub(super) struct Request {
     pub(super) set_cookie: bool,
     /// Served by the slot it asked for (set once the slot is chosen).
     pub(super) preview: bool,
+    /// What `Accept-Encoding` allows, under `[compression]`.
+    pub(super) negotiated: Negotiated,
 }
 
 /// The normalised path: where it lies in the connection's buffer, or (rewritten) its own copy.
@@ -99,6 +102,8 @@ pub(super) struct Policy<'a> {
     pub(super) log: bool,
     /// `[preview]` and `[canary]`, when a header can change the slot under this snapshot.
     pub(super) slots: Option<&'a SlotPolicy>,
+    /// `[compression]`, when on.
+    pub(super) compression: Option<&'a Compression>,
 }
 
 /// Parses and checks the request head at the start of `buf`; for an upstream request, writes
@@ -182,6 +187,11 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         let headers = head.headers.iter().map(|h| (h.name, h.value));
         Box::new(LogRequest::new(head.method, head.target, false, headers))
     });
+    // Only HTTP/1.1 stays here: the version never rules compression out.
+    let negotiated = match policy.compression {
+        Some(comp) if !is_static => comp.negotiate(head_method, false, c.accept_encoding),
+        _ => Negotiated::Off,
+    };
     Head::Fast(Request {
         head_len,
         head_method,
@@ -196,5 +206,6 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         asked,
         set_cookie: false,
         preview: false,
+        negotiated,
     })
 }

@@ -24,7 +24,7 @@ pub(super) struct Exchange<'r> {
     pub(super) conn: Registered<'r>,
     /// It came from the pool (a failure before any response byte may mean it went stale).
     pub(super) reused: bool,
-    read_timeout: Duration,
+    pub(super) read_timeout: Duration,
 }
 
 impl Exchange<'_> {
