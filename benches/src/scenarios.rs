@@ -104,7 +104,6 @@ pub(crate) fn measure(
     pids: &[u32],
     load: Load<'_>,
     secs: u64,
-    headers: &[&str],
 ) -> anyhow::Result<Row> {
     let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
     let w = wrk(lab, addr, load, secs)?;
@@ -161,7 +160,6 @@ pub(crate) fn throughput_of(
             &nginx_pids,
             load,
             opts.duration,
-            &[],
         )?);
         b.push(measure(
             lab,
@@ -170,7 +168,6 @@ pub(crate) fn throughput_of(
             &bascule_pids,
             load,
             opts.duration,
-            &[],
         )?);
     }
     let by_rps = |r: &Row| r.rps;
@@ -269,7 +266,6 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
         &[lab.bascule_pid],
         Load::get("/"),
         secs,
-        &[],
     )?;
     let admin_sock = lab.admin.clone();
     let lab_admin = move |i: usize| {
@@ -289,7 +285,6 @@ fn flips(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
             &[lab.bascule_pid],
             Load::get("/"),
             secs,
-            &[],
         )
     })?;
     admin(lab, "flip blue --force")?;
