@@ -190,6 +190,22 @@ struct Relay<'b> {
     started: bool,
 }
 
+/// Waits up to `wait` for an idle connection's next bytes: into `buf` when it kept one, else
+/// into `first`.
+async fn idle_read(
+    client: &mut L4Stream,
+    keep: bool,
+    buf: &mut BytesMut,
+    first: &mut [u8],
+    wait: Duration,
+) -> Result<std::io::Result<usize>, tokio::time::error::Elapsed> {
+    if keep {
+        tokio::time::timeout(wait, client.read_buf(buf)).await
+    } else {
+        tokio::time::timeout(wait, client.read(first)).await
+    }
+}
+
 /// How one request on the fast path ended.
 enum Next {
     KeepAlive,
@@ -297,11 +313,16 @@ impl FastApp {
                     }
                 }
                 let read = if buf.is_empty() {
-                    // An idle connection holds no buffer: the first bytes land in the task's
-                    // own state and are copied into one sized for them.
+                    // A connection keeps its buffer between requests while it is busy; a new
+                    // one (or one resumed from parking) holds none: its first bytes land in the
+                    // task's own state and are copied into one sized for them.
                     let mut first = [0u8; FIRST_READ];
+                    let keep = buf.capacity() > 0;
+                    if keep {
+                        buf.reserve(READ_CHUNK);
+                    }
                     let wait = self.park_after.unwrap_or(self.keepalive);
-                    let mut read = tokio::time::timeout(wait, client.read(&mut first)).await;
+                    let mut read = idle_read(&mut client, keep, &mut buf, &mut first, wait).await;
                     if let (Err(_), Some(waited)) = (&read, self.park_after) {
                         // Silent for `waited` already: the rest of its keep-alive time is left.
                         let left = self.keepalive - waited;
@@ -311,13 +332,16 @@ impl FastApp {
                                 return None;
                             }
                             None => {
-                                read = tokio::time::timeout(left, client.read(&mut first)).await;
+                                read =
+                                    idle_read(&mut client, keep, &mut buf, &mut first, left).await;
                             }
                         }
                     }
                     if let Ok(Ok(n)) = read {
-                        buf = BytesMut::with_capacity(n.max(IDLE_BUF));
-                        buf.extend_from_slice(&first[..n]);
+                        if !keep {
+                            buf = BytesMut::with_capacity(n.max(IDLE_BUF));
+                            buf.extend_from_slice(&first[..n]);
+                        }
                         head_started = Some(Instant::now());
                     }
                     read
@@ -402,9 +426,6 @@ impl FastApp {
                 )
                 .await;
             drop(routing);
-            if buf.is_empty() {
-                buf = BytesMut::new();
-            }
             match next {
                 Next::KeepAlive if !*shutdown.borrow() => continue,
                 _ => return None,
