@@ -9,6 +9,7 @@ mod procs;
 mod report;
 mod scenarios;
 mod setup;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -21,8 +22,8 @@ use clap::Parser;
     about = "Bascule beside nginx, same core, same load"
 )]
 pub(crate) struct Opts {
-    /// Scenarios to run (proxy, proxy-edge, static-1k, static-100k, latency, flips, idle-conns);
-    /// default: all.
+    /// Scenarios to run (proxy, proxy-edge, static-1k, static-100k, latency, flips, idle-conns,
+    /// tls-keepalive, tls-handshake, h2); default: all.
     #[arg(long = "scenario")]
     pub(crate) scenarios: Vec<String>,
     /// Seconds per run.
@@ -42,7 +43,7 @@ pub(crate) struct Opts {
     pub(crate) loadgen: Vec<String>,
 }
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 10] = [
     "proxy",
     "proxy-edge",
     "static-1k",
@@ -50,6 +51,9 @@ const ALL: [&str; 7] = [
     "latency",
     "flips",
     "idle-conns",
+    "tls-keepalive",
+    "tls-handshake",
+    "h2",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -81,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for s in &opts.scenarios {
         println!("== {s}");
-        results.push(scenarios::run(s, &lab, &opts)?);
+        results.extend(scenarios::run(s, &lab, &opts)?);
     }
     let dir = report_dir();
     report::write(&dir, &opts, &results)?;

@@ -21,17 +21,28 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// One wrk run's numbers.
-struct Wrk {
-    requests: u64,
-    seconds: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    errors: u64,
+/// One load run's numbers (wrk, or the generators of the TLS scenarios).
+pub(crate) struct Wrk {
+    /// Requests (or handshakes) completed.
+    pub(crate) requests: u64,
+    /// Length of the run.
+    pub(crate) seconds: f64,
+    /// Median latency, µs (0 when the generator gives none).
+    pub(crate) p50: f64,
+    /// 99th percentile latency, µs (0 when the generator gives none).
+    pub(crate) p99: f64,
+    /// 99.9th percentile latency, µs (0 when the generator gives none).
+    pub(crate) p999: f64,
+    /// Failed requests or connections.
+    pub(crate) errors: u64,
 }
 
 fn wrk(lab: &Lab, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<Wrk> {
+    wrk_url(lab, &format!("http://{addr}{path}"), secs, &[])
+}
+
+/// wrk -t1 -c50 on the load core against `url`, with `extra` arguments (headers).
+pub(crate) fn wrk_url(lab: &Lab, url: &str, secs: u64, extra: &[&str]) -> anyhow::Result<Wrk> {
     let script = lab.dir.path().join("report.lua");
     if !script.exists() {
         std::fs::write(&script, WRK_LUA)?;
@@ -43,7 +54,8 @@ fn wrk(lab: &Lab, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<Wrk
         .arg(format!("-d{secs}s"))
         .arg("-s")
         .arg(&script)
-        .arg(format!("http://{addr}{path}"))
+        .args(extra)
+        .arg(url)
         .output()?;
     let n = result_line(&out.stdout)?;
     Ok(Wrk {
@@ -81,8 +93,17 @@ fn measure(
     path: &str,
     secs: u64,
 ) -> anyhow::Result<Row> {
+    measured(system, pids, || wrk(lab, addr, path, secs))
+}
+
+/// One run of `load` against `system`, CPU accounted to `pids`.
+pub(crate) fn measured(
+    system: &str,
+    pids: &[u32],
+    load: impl FnOnce() -> anyhow::Result<Wrk>,
+) -> anyhow::Result<Row> {
     let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-    let w = wrk(lab, addr, path, secs)?;
+    let w = load()?;
     let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
     // A reload replaces nginx workers mid-run; their ticks are lost, hence saturating.
     let cpu_s = after.saturating_sub(before) as f64 / ticks_per_second();
@@ -100,7 +121,7 @@ fn measure(
 }
 
 /// The median run by `key`, carrying the errors of all runs.
-fn median_by(mut rows: Vec<Row>, key: impl Fn(&Row) -> f64) -> Row {
+pub(crate) fn median_by(mut rows: Vec<Row>, key: impl Fn(&Row) -> f64) -> Row {
     rows.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let errors = rows.iter().map(|r| r.errors).sum();
     let mut m = rows.swap_remove(rows.len() / 2);
@@ -122,28 +143,28 @@ fn throughput_of(
 ) -> anyhow::Result<Scenario> {
     let nginx_pids = lab.nginx_pids();
     let (bascule_addr, bascule_pid) = bascule;
-    let bascule_pids = [bascule_pid];
-    // Warm both (pools, caches) before measuring.
-    wrk(lab, lab.nginx_addr, path, 1)?;
-    wrk(lab, bascule_addr, path, 1)?;
+    let n = |secs| wrk(lab, lab.nginx_addr, path, secs);
+    let b = |secs| wrk(lab, bascule_addr, path, secs);
+    alternating(name, opts, (&nginx_pids, &n), (&[bascule_pid], &b))
+}
+
+/// A load run of so many seconds against one system.
+pub(crate) type LoadRun<'a> = &'a dyn Fn(u64) -> anyhow::Result<Wrk>;
+
+/// Warms both systems (pools, caches), then alternates `opts.rounds` runs of each (nginx
+/// first); the median run of each by req/s. Each side: the pids its CPU is counted on, its run.
+pub(crate) fn alternating(
+    name: &str,
+    opts: &Opts,
+    nginx: (&[u32], LoadRun<'_>),
+    bascule: (&[u32], LoadRun<'_>),
+) -> anyhow::Result<Scenario> {
+    nginx.1(1)?;
+    bascule.1(1)?;
     let (mut n, mut b) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
-        n.push(measure(
-            lab,
-            "nginx",
-            lab.nginx_addr,
-            &nginx_pids,
-            path,
-            opts.duration,
-        )?);
-        b.push(measure(
-            lab,
-            "bascule",
-            bascule_addr,
-            &bascule_pids,
-            path,
-            opts.duration,
-        )?);
+        n.push(measured("nginx", nginx.0, || nginx.1(opts.duration))?);
+        b.push(measured("bascule", bascule.0, || bascule.1(opts.duration))?);
     }
     let by_rps = |r: &Row| r.rps;
     Ok(Scenario::new(
@@ -380,21 +401,25 @@ fn latency(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
 }
 
 /// Runs scenario `name`.
-pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
+pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Vec<Scenario>> {
+    let one = |s: anyhow::Result<Scenario>| s.map(|s| vec![s]);
     match name {
-        "proxy" => throughput("proxy", lab, opts, "/"),
-        "proxy-edge" => throughput_of(
+        "proxy" => one(throughput("proxy", lab, opts, "/")),
+        "proxy-edge" => one(throughput_of(
             "proxy-edge",
             lab,
             opts,
             "/edge/",
             (lab.bascule_fwd_addr, lab.bascule_fwd_pid),
-        ),
-        "static-1k" => throughput("static-1k", lab, opts, ASSET_1K),
-        "static-100k" => throughput("static-100k", lab, opts, ASSET_100K),
-        "latency" => latency(lab, opts),
-        "flips" => flips(lab, opts),
-        "idle-conns" => idle(lab, opts),
+        )),
+        "static-1k" => one(throughput("static-1k", lab, opts, ASSET_1K)),
+        "static-100k" => one(throughput("static-100k", lab, opts, ASSET_100K)),
+        "latency" => one(latency(lab, opts)),
+        "flips" => one(flips(lab, opts)),
+        "idle-conns" => one(idle(lab, opts)),
+        "tls-keepalive" => crate::tls::keepalive(lab, opts),
+        "tls-handshake" => crate::tls::handshake(lab, opts),
+        "h2" => crate::tls::h2(lab, opts),
         other => anyhow::bail!("unknown scenario {other}"),
     }
 }

@@ -116,6 +116,10 @@ pub(crate) struct Lab {
     pub(crate) upstream_include: PathBuf,
     /// The two upstream addresses (blue, green).
     pub(crate) upstreams: [SocketAddr; 2],
+    /// nginx's https listener (`listen … ssl http2`), same site and upstream as `nginx_addr`.
+    pub(crate) nginx_tls_addr: SocketAddr,
+    /// Bascule's https listener (HTTP/2 by ALPN), in the process at `bascule_addr`.
+    pub(crate) bascule_tls_addr: SocketAddr,
     _procs: Vec<Guard>,
 }
 
@@ -151,6 +155,12 @@ impl Lab {
         std::fs::write(site.join(&ASSET_100K[1..]), filler(100 * 1024))?;
         std::fs::write(site.join("index.html"), b"<!doctype html>")?;
 
+        // One ECDSA P-256 certificate (rcgen's default key) for both https listeners.
+        let made = rcgen::generate_simple_self_signed(vec!["bench.test".to_string()])?;
+        let (cert, key) = (d.join("bench.pem"), d.join("bench.key"));
+        std::fs::write(&cert, made.cert.pem())?;
+        std::fs::write(&key, made.key_pair.serialize_pem())?;
+
         let mut procs = Vec::new();
         // Two upstreams (blue, green) in one nginx worker on the load core.
         let (ub, ug) = (free_port()?, free_port()?);
@@ -178,7 +188,7 @@ impl Lab {
         wait_port(upstreams[0])?;
 
         // nginx front: proxy with upstream keepalive, and the same site with sendfile.
-        let front = free_port()?;
+        let (front, front_tls) = (free_port()?, free_port()?);
         let include = d.join("active-upstream.conf");
         std::fs::write(&include, format!("server 127.0.0.1:{ub};\n"))?;
         let nginx_conf = d.join("front.conf");
@@ -194,12 +204,19 @@ impl Lab {
                    location /edge/ {{ access_log {edge_log} combined; proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
                      proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;\n\
                      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-                     proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }} }} }}\n",
+                     proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }} }}\n\
+                 server {{ listen 127.0.0.1:{front_tls} ssl http2; root {site};\n\
+                   ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n\
+                   ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256;\n\
+                   location /assets/ {{ expires 1y; add_header Cache-Control \"public, immutable\"; }}\n\
+                   location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
                 nginx_common(d, "front"),
                 temp_paths(d),
                 inc = include.display(),
                 site = site.display(),
                 edge_log = d.join("nginx-edge-access.log").display(),
+                cert = cert.display(),
+                key = key.display(),
             ),
         )?;
         procs.push(spawn_pinned(
@@ -209,11 +226,28 @@ impl Lab {
         )?);
         let nginx_addr: SocketAddr = format!("127.0.0.1:{front}").parse()?;
         wait_port(nginx_addr)?;
+        let nginx_tls_addr: SocketAddr = format!("127.0.0.1:{front_tls}").parse()?;
+        wait_port(nginx_tls_addr)?;
 
         // Bascule: one thread, same site, same upstreams; bare (as nginx's `/`) and with
         // forwarded headers (as nginx's `/edge/`).
+        // The bare one also has an https listener on the same certificate, TLS settings as
+        // shipped (1.2 and 1.3, h2 by ALPN).
+        let bascule_tls_port = free_port()?;
         let start_bascule = |name: &str, edge: bool| -> anyhow::Result<(Guard, SocketAddr)> {
             let port = free_port()?;
+            let (https, tls) = if edge {
+                (String::new(), String::new())
+            } else {
+                (
+                    format!("https = [\"127.0.0.1:{bascule_tls_port}\"]\n"),
+                    format!(
+                        "[tls]\n[[tls.certs]]\ncert = \"{}\"\nkey = \"{}\"\n",
+                        cert.display(),
+                        key.display()
+                    ),
+                )
+            };
             let access_log = if edge {
                 format!(
                     "[access_log]\npath = \"{}\"\nformat = \"combined\"\n",
@@ -226,8 +260,8 @@ impl Lab {
             std::fs::write(
                 &conf,
                 format!(
-                    "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
-                     [forwarding]\nx_forwarded = {edge}\n{access_log}\
+                    "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n{https}[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
+                     [forwarding]\nx_forwarded = {edge}\n{access_log}{tls}\
                      [slots.blue]\nupstreams = [\"{b}\"]\nstatic_root = \"{s}\"\n\
                      [slots.green]\nupstreams = [\"{g}\"]\nstatic_root = \"{s}\"\n\
                      [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n",
@@ -251,6 +285,8 @@ impl Lab {
         // taskset execs the program, so the child's pid is Bascule's.
         let bascule_pid = guard.0.id();
         procs.push(guard);
+        let bascule_tls_addr: SocketAddr = format!("127.0.0.1:{bascule_tls_port}").parse()?;
+        wait_port(bascule_tls_addr)?;
         let (guard, bascule_fwd_addr) = start_bascule("fwd", true)?;
         let bascule_fwd_pid = guard.0.id();
         procs.push(guard);
@@ -268,6 +304,8 @@ impl Lab {
             nginx_conf,
             upstream_include: include,
             upstreams,
+            nginx_tls_addr,
+            bascule_tls_addr,
             _procs: procs,
         })
     }
