@@ -4,6 +4,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bascule_tests::tls::TestCert;
+
 use crate::procs::{spawn_pinned, Guard};
 
 /// Core of the systems under test.
@@ -155,11 +157,9 @@ impl Lab {
         std::fs::write(site.join(&ASSET_100K[1..]), filler(100 * 1024))?;
         std::fs::write(site.join("index.html"), b"<!doctype html>")?;
 
-        // One ECDSA P-256 certificate (rcgen's default key) for both https listeners.
-        let made = rcgen::generate_simple_self_signed(vec!["bench.test".to_string()])?;
-        let (cert, key) = (d.join("bench.pem"), d.join("bench.key"));
-        std::fs::write(&cert, made.cert.pem())?;
-        std::fs::write(&key, made.key_pair.serialize_pem())?;
+        // One self-signed ECDSA P-256 certificate (rcgen's default key) for both https
+        // listeners.
+        let TestCert { cert, key, .. } = TestCert::make(d, &["bench.test"]);
 
         let mut procs = Vec::new();
         // Two upstreams (blue, green) in one nginx worker on the load core.

@@ -8,6 +8,8 @@
 
 use std::process::{Command, Output};
 
+use bascule_tests::h2load::Summary;
+
 use crate::report::Scenario;
 use crate::scenarios::{alternating, wrk_url, Wrk};
 use crate::setup::{Lab, ASSET_1K, LOAD_CORE};
@@ -142,44 +144,14 @@ fn h2load(url: &str, secs: u64) -> anyhow::Result<Wrk> {
         .arg(url)
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let seconds = text
-        .lines()
-        .find_map(|l| l.strip_prefix("finished in "))
-        .and_then(|l| l.split(['s', ',']).next()?.parse::<f64>().ok())
+    let s = Summary::parse(&text)
         .ok_or_else(|| anyhow::anyhow!("h2load printed no result:\n{text}"))?;
-    let requests = counts(&text, "requests:");
-    let statuses = counts(&text, "status codes:");
-    let get = |list: &[(String, u64)], word: &str| {
-        list.iter().find(|(w, _)| w == word).map_or(0, |(_, n)| *n)
-    };
     Ok(Wrk {
-        requests: get(&statuses, "2xx"),
-        seconds,
+        requests: s.status_2xx,
+        seconds: s.seconds,
         p50: 0.0,
         p99: 0.0,
         p999: 0.0,
-        errors: ["failed", "errored", "timeout"]
-            .iter()
-            .map(|w| get(&requests, w))
-            .sum::<u64>()
-            + ["3xx", "4xx", "5xx"]
-                .iter()
-                .map(|w| get(&statuses, w))
-                .sum::<u64>(),
+        errors: s.errors(),
     })
-}
-
-/// The `N word` pairs of h2load's line starting with `prefix`
-/// (`requests: 10 total, 10 started, 10 done, 10 succeeded, 0 failed, …`).
-fn counts(out: &str, prefix: &str) -> Vec<(String, u64)> {
-    let Some(line) = out.lines().find_map(|l| l.trim().strip_prefix(prefix)) else {
-        return Vec::new();
-    };
-    line.split(',')
-        .filter_map(|part| {
-            let mut it = part.split_whitespace();
-            let n = it.next()?.parse().ok()?;
-            Some((it.next()?.to_string(), n))
-        })
-        .collect()
 }

@@ -92,6 +92,32 @@ impl TestCert {
     }
 }
 
+/// A blue (`blue 1.0.0`) and a green (`green 1.1.0`) upstream and a proxy over them with an
+/// https listener serving `cert`; returns once a handshake with SNI `name` offering `alpn`
+/// agrees on `alpn`'s first protocol (or on any, for no `alpn`).
+pub fn https_two_slots(
+    cert: &TestCert,
+    name: &str,
+    alpn: &[&[u8]],
+) -> (crate::Upstream, crate::Upstream, crate::Proxy, SocketAddr) {
+    let blue = crate::Upstream::start("127.0.0.1:0", "blue", "1.0.0").expect("blue upstream");
+    let green = crate::Upstream::start("127.0.0.1:0", "green", "1.1.0").expect("green upstream");
+    let https = crate::free_addr();
+    let proxy = crate::Proxy::start(&crate::ProxyConfig {
+        blue: vec![blue.addr()],
+        green: vec![green.addr()],
+        listen: format!("https = [\"{https}\"]"),
+        extra: format!("[tls]\n{}", cert.toml()),
+        ..crate::ProxyConfig::default()
+    });
+    let agreed = crate::wait_until(Duration::from_secs(10), || {
+        TlsConn::connect(https, name, alpn, false)
+            .is_ok_and(|c| alpn.is_empty() || c.alpn().as_deref() == Some(alpn[0]))
+    });
+    assert!(agreed, "the https listener never completed a handshake");
+    (blue, green, proxy, https)
+}
+
 /// Accepts any certificate: these tests check *which* one is presented, not whether it is
 /// trusted.
 #[derive(Debug)]

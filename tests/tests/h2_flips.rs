@@ -4,60 +4,18 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bascule_tests::tls::{TestCert, TlsConn};
-use bascule_tests::{free_addr, wait_until, Proxy, ProxyConfig, Upstream};
+use bascule_tests::h2load::Summary;
+use bascule_tests::tls::{https_two_slots, TestCert};
+use bascule_tests::wait_until;
 
 /// Flips made while the load runs.
 const FLIPS: usize = 20;
 /// Time between flips.
 const FLIP_EVERY: Duration = Duration::from_millis(100);
-/// Requests h2load makes: enough to outlast the flips several times over on a debug build.
-const REQUESTS: u64 = 30_000;
+/// How long h2load runs (`-D`): the flips take about 2 s of it, whatever the machine's speed.
+const LOAD_SECS: u64 = 5;
 /// How long h2load may run before the test gives up on it.
 const LOAD_LIMIT: Duration = Duration::from_secs(120);
-
-/// h2load's `requests:` and `status codes:` counts.
-#[derive(Debug, Default)]
-struct H2loadSummary {
-    succeeded: u64,
-    failed: u64,
-    errored: u64,
-    timeout: u64,
-    status_2xx: u64,
-}
-
-/// Reads `N word` pairs of the line starting with `prefix` (`requests: 10 total, 10 started…`).
-fn counts(out: &str, prefix: &str) -> Vec<(String, u64)> {
-    let Some(line) = out.lines().find_map(|l| l.trim().strip_prefix(prefix)) else {
-        return Vec::new();
-    };
-    line.split(',')
-        .filter_map(|part| {
-            let mut it = part.split_whitespace();
-            let n = it.next()?.parse().ok()?;
-            Some((it.next()?.to_string(), n))
-        })
-        .collect()
-}
-
-fn summary(out: &str) -> H2loadSummary {
-    let mut s = H2loadSummary::default();
-    for (word, n) in counts(out, "requests:") {
-        match word.as_str() {
-            "succeeded" => s.succeeded = n,
-            "failed" => s.failed = n,
-            "errored" => s.errored = n,
-            "timeout" => s.timeout = n,
-            _ => {}
-        }
-    }
-    for (word, n) in counts(out, "status codes:") {
-        if word == "2xx" {
-            s.status_2xx = n;
-        }
-    }
-    s
-}
 
 #[test]
 fn twenty_flips_during_h2load_fail_no_stream() {
@@ -67,30 +25,11 @@ fn twenty_flips_during_h2load_fail_no_stream() {
     }
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCert::make(dir.path(), &["a.test"]);
-    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
-    let green = Upstream::start("127.0.0.1:0", "green", "1.1.0").unwrap();
-    let https = free_addr();
-    let proxy = Proxy::start(&ProxyConfig {
-        blue: vec![blue.addr()],
-        green: vec![green.addr()],
-        listen: format!("https = [\"{https}\"]"),
-        extra: format!("[tls]\n{}", cert.toml()),
-        ..ProxyConfig::default()
-    });
-    assert!(
-        wait_until(Duration::from_secs(10), || TlsConn::connect(
-            https,
-            "a.test",
-            &[b"h2"],
-            false
-        )
-        .is_ok_and(|c| c.alpn().as_deref() == Some(&b"h2"[..]))),
-        "the https listener never negotiated h2"
-    );
+    let (blue, green, proxy, https) = https_two_slots(&cert, "a.test", &[b"h2"]);
 
     let out_path = dir.path().join("h2load.txt");
     let mut load = Command::new("h2load")
-        .args(["-c", "50", "-m", "10", "-n", &REQUESTS.to_string()])
+        .args(["-c", "50", "-m", "10", "-D", &LOAD_SECS.to_string()])
         .arg(format!("https://127.0.0.1:{}/", https.port()))
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(Stdio::null())
@@ -122,17 +61,19 @@ fn twenty_flips_during_h2load_fail_no_stream() {
         "h2load finished {:?} after the last flip:\n{out}",
         started.elapsed()
     );
+    assert_eq!(during, FLIPS, "h2load ended before the flips did");
+    let s = Summary::parse(&out).expect("h2load's summary");
+    assert!(s.succeeded > 0, "no stream succeeded: {s:?}\n{out}");
     assert_eq!(
-        during, FLIPS,
-        "h2load ended before the flips did: raise REQUESTS"
+        (s.status_2xx, s.done),
+        (s.succeeded, s.succeeded),
+        "every stream done succeeds with a 2xx: {s:?}\n{out}"
     );
-    let s = summary(&out);
     assert_eq!(
-        (s.succeeded, s.status_2xx),
-        (REQUESTS, REQUESTS),
-        "every stream succeeds with a 2xx: {s:?}\n{out}"
+        (s.failed, s.errored, s.timeout, s.status_other),
+        (0, 0, 0, 0),
+        "{s:?}\n{out}"
     );
-    assert_eq!((s.failed, s.errored, s.timeout), (0, 0, 0), "{s:?}\n{out}");
     assert!(
         blue.served() > 0 && green.served() > 0,
         "both slots served (blue {}, green {})",

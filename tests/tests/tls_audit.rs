@@ -6,12 +6,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bascule_tests::tls::{TestCert, TlsConn};
-use bascule_tests::{free_addr, wait_until, Proxy, ProxyConfig, Upstream};
+use bascule_tests::tls::{https_two_slots, TestCert};
+use bascule_tests::wait_until;
 use serde::Deserialize;
 
 /// How long testssl may run before the test gives up on it (it takes about 100 s here).
-const TESTSSL_LIMIT: Duration = Duration::from_secs(240);
+const TESTSSL_LIMIT: Duration = Duration::from_secs(180);
 
 /// One entry of testssl's flat JSON output.
 #[derive(Debug, Deserialize)]
@@ -40,26 +40,7 @@ fn testssl_finds_nothing_high_or_critical() {
     // Issued by a CA testssl is told to trust, for 127.0.0.1: what is audited is the TLS
     // configuration, not a self-signed certificate's trust.
     let (cert, ca) = TestCert::issued(dir.path(), &["127.0.0.1", "localhost"]);
-    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
-    let green = Upstream::start("127.0.0.1:0", "green", "1.1.0").unwrap();
-    let https = free_addr();
-    let _proxy = Proxy::start(&ProxyConfig {
-        blue: vec![blue.addr()],
-        green: vec![green.addr()],
-        listen: format!("https = [\"{https}\"]"),
-        extra: format!("[tls]\n{}", cert.toml()),
-        ..ProxyConfig::default()
-    });
-    assert!(
-        wait_until(Duration::from_secs(10), || TlsConn::connect(
-            https,
-            "localhost",
-            &[],
-            false
-        )
-        .is_ok()),
-        "https listener never accepted a handshake"
-    );
+    let (_blue, _green, _proxy, https) = https_two_slots(&cert, "localhost", &[]);
 
     let json = dir.path().join("testssl.json");
     // Protocols, cipher categories, forward secrecy, server preference, server defaults
