@@ -11,6 +11,7 @@ mod procs;
 mod report;
 mod scenarios;
 mod setup;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -24,7 +25,7 @@ use clap::Parser;
 )]
 pub(crate) struct Opts {
     /// Scenarios to run (proxy, proxy-edge, proxy-gzip, post-1k, post-64k, post-chunked, upload,
-    /// static-1k, static-100k, latency, flips, idle-conns);
+    /// static-1k, static-100k, latency, flips, idle-conns, tls-keepalive, tls-handshake, h2);
     /// default: all.
     #[arg(long = "scenario")]
     pub(crate) scenarios: Vec<String>,
@@ -45,7 +46,7 @@ pub(crate) struct Opts {
     pub(crate) loadgen: Vec<String>,
 }
 
-const ALL: [&str; 12] = [
+const ALL: [&str; 15] = [
     "proxy",
     "proxy-edge",
     "proxy-gzip",
@@ -58,6 +59,9 @@ const ALL: [&str; 12] = [
     "latency",
     "flips",
     "idle-conns",
+    "tls-keepalive",
+    "tls-handshake",
+    "h2",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -89,7 +93,7 @@ fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for s in &opts.scenarios {
         println!("== {s}");
-        results.push(scenarios::run(s, &lab, &opts)?);
+        results.extend(scenarios::run(s, &lab, &opts)?);
     }
     let dir = report_dir();
     report::write(&dir, &opts, &results)?;

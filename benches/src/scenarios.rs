@@ -21,18 +21,24 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// One wrk run's numbers.
+/// One load run's numbers (wrk, or the generators of the TLS scenarios).
 pub(crate) struct Wrk {
-    requests: u64,
-    seconds: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    errors: u64,
+    /// Requests (or handshakes) completed.
+    pub(crate) requests: u64,
+    /// Length of the run.
+    pub(crate) seconds: f64,
+    /// Median latency, µs (0 when the generator gives none).
+    pub(crate) p50: f64,
+    /// 99th percentile latency, µs (0 when the generator gives none).
+    pub(crate) p99: f64,
+    /// 99.9th percentile latency, µs (0 when the generator gives none).
+    pub(crate) p999: f64,
+    /// Failed requests or connections.
+    pub(crate) errors: u64,
 }
 
 /// What wrk sends: `GET path`, or what a Lua prelude sets up (method, body, a `request`
-/// function), named for its script file.
+/// function), named for its script file; with `headers` on every request.
 #[derive(Clone, Copy)]
 pub(crate) struct Load<'a> {
     pub(crate) path: &'a str,
@@ -54,7 +60,25 @@ impl<'a> Load<'a> {
 
 /// One wrk run of `load` against `addr`.
 pub(crate) fn wrk(lab: &Lab, addr: SocketAddr, load: Load<'_>, secs: u64) -> anyhow::Result<Wrk> {
-    let (name, prelude) = load.lua.unwrap_or(("report", ""));
+    let headers: Vec<&str> = load.headers.iter().flat_map(|h| ["-H", *h]).collect();
+    let url = format!("http://{addr}{}", load.path);
+    wrk_script(lab, &url, secs, &headers, load.lua)
+}
+
+/// wrk -t1 -c50 on the load core against `url`, with `extra` arguments (headers).
+pub(crate) fn wrk_url(lab: &Lab, url: &str, secs: u64, extra: &[&str]) -> anyhow::Result<Wrk> {
+    wrk_script(lab, url, secs, extra, None)
+}
+
+/// As [`wrk_url`], the script beginning with a named Lua prelude when one is given.
+fn wrk_script(
+    lab: &Lab,
+    url: &str,
+    secs: u64,
+    extra: &[&str],
+    lua: Option<(&str, &str)>,
+) -> anyhow::Result<Wrk> {
+    let (name, prelude) = lua.unwrap_or(("report", ""));
     let script = lab.dir.path().join(format!("{name}.lua"));
     if !script.exists() {
         std::fs::write(&script, format!("{prelude}\n{WRK_LUA}"))?;
@@ -64,10 +88,10 @@ pub(crate) fn wrk(lab: &Lab, addr: SocketAddr, load: Load<'_>, secs: u64) -> any
         .arg(&lab.wrk)
         .args(["-t1", "-c50"])
         .arg(format!("-d{secs}s"))
-        .args(load.headers.iter().flat_map(|h| ["-H", h]))
         .arg("-s")
         .arg(&script)
-        .arg(format!("http://{addr}{}", load.path))
+        .args(extra)
+        .arg(url)
         .output()?;
     let n = result_line(&out.stdout)?;
     Ok(Wrk {
@@ -105,8 +129,17 @@ pub(crate) fn measure(
     load: Load<'_>,
     secs: u64,
 ) -> anyhow::Result<Row> {
+    measured(system, pids, || wrk(lab, addr, load, secs))
+}
+
+/// One run of `load` against `system`, CPU accounted to `pids`.
+pub(crate) fn measured(
+    system: &str,
+    pids: &[u32],
+    load: impl FnOnce() -> anyhow::Result<Wrk>,
+) -> anyhow::Result<Row> {
     let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-    let w = wrk(lab, addr, load, secs)?;
+    let w = load()?;
     let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
     // A reload replaces nginx workers mid-run; their ticks are lost, hence saturating.
     let cpu_s = after.saturating_sub(before) as f64 / ticks_per_second();
@@ -147,28 +180,28 @@ pub(crate) fn throughput_of(
 ) -> anyhow::Result<Scenario> {
     let nginx_pids = lab.nginx_pids();
     let (bascule_addr, bascule_pid) = bascule;
-    let bascule_pids = [bascule_pid];
-    // Warm both (pools, caches) before measuring.
-    wrk(lab, lab.nginx_addr, load, 1)?;
-    wrk(lab, bascule_addr, load, 1)?;
+    let n = |secs| wrk(lab, lab.nginx_addr, load, secs);
+    let b = |secs| wrk(lab, bascule_addr, load, secs);
+    alternating(name, opts, (&nginx_pids, &n), (&[bascule_pid], &b))
+}
+
+/// A load run of so many seconds against one system.
+pub(crate) type LoadRun<'a> = &'a dyn Fn(u64) -> anyhow::Result<Wrk>;
+
+/// Warms both systems (pools, caches), then alternates `opts.rounds` runs of each (nginx
+/// first); the median run of each by req/s. Each side: the pids its CPU is counted on, its run.
+pub(crate) fn alternating(
+    name: &str,
+    opts: &Opts,
+    nginx: (&[u32], LoadRun<'_>),
+    bascule: (&[u32], LoadRun<'_>),
+) -> anyhow::Result<Scenario> {
+    nginx.1(1)?;
+    bascule.1(1)?;
     let (mut n, mut b) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
-        n.push(measure(
-            lab,
-            "nginx",
-            lab.nginx_addr,
-            &nginx_pids,
-            load,
-            opts.duration,
-        )?);
-        b.push(measure(
-            lab,
-            "bascule",
-            bascule_addr,
-            &bascule_pids,
-            load,
-            opts.duration,
-        )?);
+        n.push(measured("nginx", nginx.0, || nginx.1(opts.duration))?);
+        b.push(measured("bascule", bascule.0, || bascule.1(opts.duration))?);
     }
     let by_rps = |r: &Row| r.rps;
     Ok(Scenario::new(
@@ -421,23 +454,29 @@ fn latency(lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
 }
 
 /// Runs scenario `name`.
-pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Scenario> {
+pub(crate) fn run(name: &str, lab: &Lab, opts: &Opts) -> anyhow::Result<Vec<Scenario>> {
+    let one = |s: anyhow::Result<Scenario>| s.map(|s| vec![s]);
     match name {
-        "proxy" => throughput("proxy", lab, opts, "/"),
-        "proxy-edge" => throughput_of(
+        "proxy" => one(throughput("proxy", lab, opts, "/")),
+        "proxy-edge" => one(throughput_of(
             "proxy-edge",
             lab,
             opts,
             Load::get("/edge/"),
             (lab.bascule_fwd_addr, lab.bascule_fwd_pid),
-        ),
-        "post-1k" | "post-64k" | "post-chunked" | "upload" => crate::bodies::run(name, lab, opts),
-        "static-1k" => throughput("static-1k", lab, opts, ASSET_1K),
-        "static-100k" => throughput("static-100k", lab, opts, ASSET_100K),
-        "proxy-gzip" => crate::compression::gzip(lab, opts),
-        "latency" => latency(lab, opts),
-        "flips" => flips(lab, opts),
-        "idle-conns" => idle(lab, opts),
+        )),
+        "proxy-gzip" => one(crate::compression::gzip(lab, opts)),
+        "post-1k" | "post-64k" | "post-chunked" | "upload" => {
+            one(crate::bodies::run(name, lab, opts))
+        }
+        "static-1k" => one(throughput("static-1k", lab, opts, ASSET_1K)),
+        "static-100k" => one(throughput("static-100k", lab, opts, ASSET_100K)),
+        "latency" => one(latency(lab, opts)),
+        "flips" => one(flips(lab, opts)),
+        "idle-conns" => one(idle(lab, opts)),
+        "tls-keepalive" => crate::tls::keepalive(lab, opts),
+        "tls-handshake" => crate::tls::handshake(lab, opts),
+        "h2" => crate::tls::h2(lab, opts),
         other => anyhow::bail!("unknown scenario {other}"),
     }
 }

@@ -4,6 +4,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bascule_tests::tls::TestCert;
+
 use crate::procs::{spawn_pinned, Guard};
 
 /// Core of the systems under test.
@@ -127,6 +129,10 @@ pub(crate) struct Lab {
     pub(crate) upstream_include: PathBuf,
     /// The two upstream addresses (blue, green).
     pub(crate) upstreams: [SocketAddr; 2],
+    /// nginx's https listener (`listen … ssl http2`), same site and upstream as `nginx_addr`.
+    pub(crate) nginx_tls_addr: SocketAddr,
+    /// Bascule's https listener (HTTP/2 by ALPN), in the process at `bascule_addr`.
+    pub(crate) bascule_tls_addr: SocketAddr,
     _procs: Vec<Guard>,
 }
 
@@ -164,6 +170,10 @@ impl Lab {
         std::fs::create_dir_all(site.join("gz"))?;
         std::fs::write(site.join(&JSON_10K[1..]), json_10k())?;
 
+        // One self-signed ECDSA P-256 certificate (rcgen's default key) for both https
+        // listeners.
+        let TestCert { cert, key, .. } = TestCert::make(d, &["bench.test"]);
+
         let mut procs = Vec::new();
         // Two upstreams (blue, green) in one nginx worker on the load core.
         let (ub, ug) = (free_port()?, free_port()?);
@@ -195,7 +205,7 @@ impl Lab {
         wait_port(upstreams[0])?;
 
         // nginx front: proxy with upstream keepalive, and the same site with sendfile.
-        let front = free_port()?;
+        let (front, front_tls) = (free_port()?, free_port()?);
         let include = d.join("active-upstream.conf");
         std::fs::write(&include, format!("server 127.0.0.1:{ub};\n"))?;
         let nginx_conf = d.join("front.conf");
@@ -215,12 +225,19 @@ impl Lab {
                      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }}\n\
                    location /gz/ {{ gzip on; gzip_types application/json; gzip_comp_level {GZIP_LEVEL}; gzip_min_length 1024; gzip_vary on;\n\
                      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
-                   location /gzoff/ {{ proxy_pass http://app/gz/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+                   location /gzoff/ {{ proxy_pass http://app/gz/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
+                 server {{ listen 127.0.0.1:{front_tls} ssl http2; root {site};\n\
+                   ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n\
+                   ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256;\n\
+                   location /assets/ {{ expires 1y; add_header Cache-Control \"public, immutable\"; }}\n\
+                   location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
                 nginx_common(d, "front"),
                 temp_paths(d),
                 inc = include.display(),
                 site = site.display(),
                 edge_log = d.join("nginx-edge-access.log").display(),
+                cert = cert.display(),
+                key = key.display(),
             ),
         )?;
         procs.push(spawn_pinned(
@@ -230,14 +247,31 @@ impl Lab {
         )?);
         let nginx_addr: SocketAddr = format!("127.0.0.1:{front}").parse()?;
         wait_port(nginx_addr)?;
+        let nginx_tls_addr: SocketAddr = format!("127.0.0.1:{front_tls}").parse()?;
+        wait_port(nginx_tls_addr)?;
 
         // Bascule: one thread, same site, same upstreams; bare (as nginx's `/`) and with
         // forwarded headers (as nginx's `/edge/`).
+        // The bare one also has an https listener on the same certificate, TLS settings as
+        // shipped (1.2 and 1.3, h2 by ALPN).
+        let bascule_tls_port = free_port()?;
         let start_bascule = |name: &str,
                              edge: bool,
                              more: &str|
          -> anyhow::Result<(Guard, SocketAddr)> {
             let port = free_port()?;
+            let (https, tls) = if edge || !more.is_empty() {
+                (String::new(), String::new())
+            } else {
+                (
+                    format!("https = [\"127.0.0.1:{bascule_tls_port}\"]\n"),
+                    format!(
+                        "[tls]\n[[tls.certs]]\ncert = \"{}\"\nkey = \"{}\"\n",
+                        cert.display(),
+                        key.display()
+                    ),
+                )
+            };
             let access_log = if edge {
                 format!(
                     "[access_log]\npath = \"{}\"\nformat = \"combined\"\n",
@@ -250,8 +284,8 @@ impl Lab {
             std::fs::write(
                 &conf,
                 format!(
-                    "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
-                     [forwarding]\nx_forwarded = {edge}\n[limits]\nmax_body_bytes = 1073741824\n{access_log}{more}\
+                    "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n{https}[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
+                     [forwarding]\nx_forwarded = {edge}\n[limits]\nmax_body_bytes = 1073741824\n{access_log}{more}{tls}\
                      [slots.blue]\nupstreams = [\"{b}\"]\nstatic_root = \"{s}\"\n\
                      [slots.green]\nupstreams = [\"{g}\"]\nstatic_root = \"{s}\"\n\
                      [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n",
@@ -275,6 +309,8 @@ impl Lab {
         // taskset execs the program, so the child's pid is Bascule's.
         let bascule_pid = guard.0.id();
         procs.push(guard);
+        let bascule_tls_addr: SocketAddr = format!("127.0.0.1:{bascule_tls_port}").parse()?;
+        wait_port(bascule_tls_addr)?;
         let (guard, bascule_fwd_addr) = start_bascule("fwd", true, "")?;
         let bascule_fwd_pid = guard.0.id();
         procs.push(guard);
@@ -298,6 +334,8 @@ impl Lab {
             nginx_conf,
             upstream_include: include,
             upstreams,
+            nginx_tls_addr,
+            bascule_tls_addr,
             _procs: procs,
         })
     }

@@ -24,7 +24,7 @@ use crate::control::health_check::HealthChecker;
 use crate::control::Control;
 use crate::http::fast::FastApp;
 use crate::http::service::Bascule;
-use crate::slots::certs::Certs;
+use crate::slots::certs::{install_crypto_provider, Certs};
 use crate::slots::metrics::Metrics;
 use crate::statics::StaticFiles;
 use crate::wire::access_log::AccessLog;
@@ -58,6 +58,8 @@ fn beside(socket: &std::path::Path, suffix: &str) -> String {
 impl App {
     /// Builds every service and binds the admin socket. Errors name what failed.
     pub fn build(config: Config, opts: StartOptions) -> anyhow::Result<App> {
+        // First: Pingora's connectors and listeners install ring's defaults when none is set.
+        install_crypto_provider();
         let metrics = Metrics::new();
         let log = match &config.access_log {
             Some(c) => Some(Arc::new(AccessLog::start(

@@ -27,10 +27,32 @@ pub struct Upstream {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Connections an [`Upstream`]'s listener holds before they are accepted. A proxy serving
+/// HTTP/2 clients with hundreds of streams opens as many upstream connections at once: the
+/// default of 128 overflowed, and each dropped SYN cost a 1 s retransmission, as long as the
+/// tests' connect timeout.
+const BACKLOG: i32 = 1024;
+
+/// A listening socket on `addr` with [`BACKLOG`] (and `SO_REUSEADDR`, as std's `bind` sets).
+fn listen(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr}: no address")))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 impl Upstream {
     /// Starts an upstream on `addr` (port 0 picks one) on its own thread and runtime.
     pub fn start(addr: &str, name: &str, version: &str) -> std::io::Result<Upstream> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
+        let std_listener = listen(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let healthy = Arc::new(AtomicBool::new(true));

@@ -2,6 +2,7 @@
 //! loopback only, ephemeral ports, deadlines instead of sleeps.
 
 pub mod etcd;
+pub mod h2load;
 pub mod http;
 mod mode;
 mod proxy;

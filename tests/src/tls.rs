@@ -37,6 +37,51 @@ impl TestCert {
         }
     }
 
+    /// Makes a certificate for `names` issued by a new CA, shaped as a public one is: 90 days of
+    /// validity, server authentication, a CRL address (never fetched). Returns it and the CA's PEM
+    /// file, for clients that are to trust it.
+    pub fn issued(dir: &Path, names: &[&str]) -> (TestCert, PathBuf) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CrlDistributionPoint, DnType,
+            ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.distinguished_name
+            .push(DnType::CommonName, "bascule test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut leaf = CertificateParams::new(names.clone()).expect("certificate params");
+        leaf.distinguished_name.push(DnType::CommonName, &names[0]);
+        let now = time::OffsetDateTime::now_utc();
+        leaf.not_before = now - time::Duration::days(1);
+        leaf.not_after = now + time::Duration::days(90);
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec!["http://127.0.0.1/test-ca.crl".into()],
+        }];
+        let key = KeyPair::generate().expect("key");
+        let made = leaf
+            .signed_by(&key, &ca_cert, &ca_key)
+            .expect("certificate");
+        let cert = dir.join(format!("{}.pem", names[0]));
+        let key_path = dir.join(format!("{}.key", names[0]));
+        let ca_path = dir.join("test-ca.pem");
+        std::fs::write(&cert, made.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        std::fs::write(&ca_path, ca_cert.pem()).expect("write CA");
+        let issued = TestCert {
+            cert,
+            key: key_path,
+            der: made.der().to_vec(),
+        };
+        (issued, ca_path)
+    }
+
     /// The `[[tls.certs]]` entry for this pair.
     pub fn toml(&self) -> String {
         format!(
@@ -45,6 +90,32 @@ impl TestCert {
             self.key.display()
         )
     }
+}
+
+/// A blue (`blue 1.0.0`) and a green (`green 1.1.0`) upstream and a proxy over them with an
+/// https listener serving `cert`; returns once a handshake with SNI `name` offering `alpn`
+/// agrees on `alpn`'s first protocol (or on any, for no `alpn`).
+pub fn https_two_slots(
+    cert: &TestCert,
+    name: &str,
+    alpn: &[&[u8]],
+) -> (crate::Upstream, crate::Upstream, crate::Proxy, SocketAddr) {
+    let blue = crate::Upstream::start("127.0.0.1:0", "blue", "1.0.0").expect("blue upstream");
+    let green = crate::Upstream::start("127.0.0.1:0", "green", "1.1.0").expect("green upstream");
+    let https = crate::free_addr();
+    let proxy = crate::Proxy::start(&crate::ProxyConfig {
+        blue: vec![blue.addr()],
+        green: vec![green.addr()],
+        listen: format!("https = [\"{https}\"]"),
+        extra: format!("[tls]\n{}", cert.toml()),
+        ..crate::ProxyConfig::default()
+    });
+    let agreed = crate::wait_until(Duration::from_secs(10), || {
+        TlsConn::connect(https, name, alpn, false)
+            .is_ok_and(|c| alpn.is_empty() || c.alpn().as_deref() == Some(alpn[0]))
+    });
+    assert!(agreed, "the https listener never completed a handshake");
+    (blue, green, proxy, https)
 }
 
 /// Accepts any certificate: these tests check *which* one is presented, not whether it is

@@ -67,6 +67,27 @@ impl Loaded {
     }
 }
 
+/// Installs the process's rustls crypto provider: ring, with every TLS 1.3 suite and one TLS 1.2
+/// suite per key type (ECDHE with AES-128-GCM).
+///
+/// Pingora builds its rustls server config without `ignore_client_order`, so with several TLS 1.2
+/// suites the client would choose among them (testssl rates that HIGH: "no cipher order"). With
+/// one per key type there is nothing left to choose, and every TLS 1.2 client offers AES-GCM.
+/// Call before the listeners are built; a provider installed earlier stays.
+pub fn install_crypto_provider() {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    let mut provider = default_provider();
+    provider.cipher_suites = vec![
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ];
+    // Err only when a provider is already installed, which is then the one in force.
+    let _ = provider.install_default();
+}
+
 /// TLS 1.3's cipher suites: a client that offers none of them speaks TLS 1.2 at most.
 const TLS13_SUITES: [CipherSuite; 3] = [
     CipherSuite::TLS13_AES_128_GCM_SHA256,
