@@ -88,14 +88,8 @@ fn host_name() -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::{parse, ConfigError};
-
-    fn located(text: &str) -> (usize, String) {
-        match parse(text, "t.toml") {
-            Err(ConfigError::Invalid { line, message, .. }) => (line, message),
-            other => panic!("expected an Invalid error, got {other:?}"),
-        }
-    }
+    use crate::parse;
+    use crate::tests::located;
 
     #[test]
     fn values_and_default_name() {

@@ -178,14 +178,8 @@ pub(crate) fn canary(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{parse, ConfigError};
-
-    fn located(text: &str) -> (usize, String) {
-        match parse(text, "t.toml") {
-            Err(ConfigError::Invalid { line, message, .. }) => (line, message),
-            other => panic!("expected an Invalid error, got {other:?}"),
-        }
-    }
+    use crate::parse;
+    use crate::tests::located;
 
     #[test]
     fn defaults() {

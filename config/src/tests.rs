@@ -517,3 +517,11 @@ fn compression_names_the_bad_key() {
     assert_eq!(line, 2);
     assert!(msg.contains("level"), "{msg}");
 }
+
+/// The line and message of the `Invalid` error `text` gets.
+pub(crate) fn located(text: &str) -> (usize, String) {
+    match parse(text, "t.toml") {
+        Err(ConfigError::Invalid { line, message, .. }) => (line, message),
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
