@@ -416,6 +416,20 @@ fn prefix_decoded(raw: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn a_vary_set_by_the_headers_table_is_merged_once_on_both_paths() {
+    let up = upstream();
+    let body = json(200);
+    for mode in MODES {
+        let extra = "[headers]\nresponse = { \"Vary\" = \"Cookie\" }\n";
+        let proxy = start(mode, up.addr(), "algorithms = [\"gzip\"]", extra);
+        let m = mode.name();
+        let r = get(proxy.addr, "/json", Some("gzip"));
+        assert_compressed(&r, "gzip", &body, &format!("{m}: configured vary"));
+        assert_eq!(r.header("vary"), Some("Cookie, Accept-Encoding"), "{m}");
+    }
+}
+
+#[test]
 fn compression_is_off_without_the_table() {
     let up = upstream();
     for mode in MODES {

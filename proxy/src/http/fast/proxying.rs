@@ -127,16 +127,18 @@ impl FastApp {
                 out.truncate(out.len() - TE.len());
             }
         }
-        let encoder = self
-            .compression
-            .as_ref()
-            .and_then(|c| compress::plan(c, req.negotiated, &h, &mut out));
         if !h.has_date {
             date_line(&mut out);
         }
         self.slot_line(slot, &mut out);
         self.cookie_line(req, slot, &mut out);
         self.edge.write_h1(headers, &mut out);
+        // Planned on the head as the client would get it, as the full proxy does: a `Vary`
+        // set by `[headers]` is merged with the one compression adds, not written twice.
+        let encoder = self
+            .compression
+            .as_ref()
+            .and_then(|c| compress::plan(c, req.negotiated, &h, &mut out));
         let close_client = req.close || early || h.framing == Framing::UntilClose;
         if close_client {
             out.extend_from_slice(b"connection: close\r\n");
