@@ -87,16 +87,22 @@ fn flips_again(p: &Proxy) -> bool {
     })
 }
 
+/// Instances edge-1, edge-2 and edge-3 on `endpoints`, each connected to the store.
+fn three_instances(up: &Upstreams, endpoints: &[String]) -> Vec<Proxy> {
+    let p: Vec<Proxy> = ["edge-1", "edge-2", "edge-3"]
+        .iter()
+        .map(|n| instance(up, endpoints, n))
+        .collect();
+    p.iter().for_each(wait_connected);
+    p
+}
+
 #[test]
 fn a_flip_through_one_instance_is_served_by_all_without_a_failed_request() {
     let Some(etcd) = Etcd::start(3) else { return };
     let up = upstreams();
     let e = etcd.endpoints();
-    let p: Vec<Proxy> = ["edge-1", "edge-2", "edge-3"]
-        .iter()
-        .map(|n| instance(&up, &e, n))
-        .collect();
-    p.iter().for_each(wait_connected);
+    let p = three_instances(&up, &e);
     let all: Vec<&Proxy> = p.iter().collect();
     assert!(all.iter().all(|x| served(x) == "blue"));
 
@@ -163,11 +169,7 @@ fn two_concurrent_flips_through_two_instances_one_wins() {
     let Some(etcd) = Etcd::start(3) else { return };
     let up = upstreams();
     let e = etcd.endpoints();
-    let p: Vec<Proxy> = ["edge-1", "edge-2", "edge-3"]
-        .iter()
-        .map(|n| instance(&up, &e, n))
-        .collect();
-    p.iter().for_each(wait_connected);
+    let p = three_instances(&up, &e);
     let all: Vec<&Proxy> = p.iter().collect();
     // A canary split makes both flips real changes whatever the active slot.
     let mut single_winners = 0;
