@@ -12,5 +12,5 @@ pub mod ws;
 
 pub use bascule_proxy::demo::Upstream;
 pub use bascule_proxy::SlotName;
-pub use mode::{Mode, MODES};
+pub use mode::{Mode, MODES, PATHS};
 pub use proxy::{bascule_bin, free_addr, two_slots, wait_until, Proxy, ProxyConfig};

@@ -574,8 +574,49 @@ impl Exchange {
 
 /// One raw client connection.
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Conn,
     buf: Vec<u8>,
+}
+
+/// The client's side of a connection: plain TCP, or TLS over it.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            // Each write goes out as it is made, as on a plain socket.
+            Conn::Tls(s) => s.write(buf).and_then(|n| s.flush().map(|()| n)),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
 }
 
 enum ReadErr {
@@ -589,9 +630,29 @@ impl RawClient {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
         Ok(RawClient {
-            stream,
+            stream: Conn::Plain(stream),
             buf: Vec::new(),
         })
+    }
+
+    /// Connects to the https listener at `addr` (SNI `localhost`, HTTP/1.1 by ALPN).
+    pub fn connect_tls(addr: SocketAddr) -> io::Result<RawClient> {
+        let conn = crate::tls::TlsConn::connect(addr, "localhost", &[b"http/1.1"], false)?;
+        let stream = conn.into_stream();
+        stream.sock.set_nodelay(true)?;
+        Ok(RawClient {
+            stream: Conn::Tls(Box::new(stream)),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Connects to `addr` over TLS when `tls`, else in the clear.
+    pub fn connect_to(addr: SocketAddr, tls: bool) -> io::Result<RawClient> {
+        if tls {
+            RawClient::connect_tls(addr)
+        } else {
+            RawClient::connect(addr)
+        }
     }
 
     /// Writes `bytes` (an error means the peer closed: a later read reports it).
@@ -683,7 +744,7 @@ impl RawClient {
         if left.is_zero() {
             return Err(ReadErr::Timeout);
         }
-        let _ = self.stream.set_read_timeout(Some(left));
+        let _ = self.stream.tcp().set_read_timeout(Some(left));
         let mut chunk = [0u8; 16 * 1024];
         match self.stream.read(&mut chunk) {
             Ok(0) => Err(ReadErr::Closed),

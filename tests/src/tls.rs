@@ -210,6 +210,11 @@ impl TlsConn {
         );
     }
 
+    /// The connection itself, for raw exchanges.
+    pub fn into_stream(self) -> StreamOwned<ClientConnection, TcpStream> {
+        self.stream
+    }
+
     /// The certificate the server presented, DER.
     pub fn peer_cert(&self) -> Vec<u8> {
         self.stream

@@ -14,7 +14,8 @@ use bascule_tests::raw::{
     echo, has_bare_lf, response, show, Action, End, Exchange, Nginx, RawClient, RawResponse,
     Received, ScriptedUpstream,
 };
-use bascule_tests::{Mode, Proxy, ProxyConfig, MODES};
+use bascule_tests::tls::{TestCert, TlsConn};
+use bascule_tests::{free_addr, Mode, Proxy, ProxyConfig, PATHS};
 
 #[path = "corpus/failover.rs"]
 mod failover;
@@ -57,7 +58,10 @@ fn static_root() -> tempfile::TempDir {
 struct Edge {
     proxy: Proxy,
     up: ScriptedUpstream,
+    /// The https listener, in [`Mode::Tls`]: where clients connect.
+    https: Option<SocketAddr>,
     _root: tempfile::TempDir,
+    _certs: Option<tempfile::TempDir>,
 }
 
 impl Edge {
@@ -71,23 +75,44 @@ impl Edge {
 
     fn start_with(mode: Mode, up: ScriptedUpstream, extra: &str) -> Edge {
         let root = static_root();
-        let extra = format!("{extra}\n{ROUTES}");
-        let config = ProxyConfig::on_one_upstream(up.addr(), root.path(), mode, extra);
+        let mut config = ProxyConfig::on_one_upstream(up.addr(), root.path(), mode, String::new());
+        let (mut https, mut certs) = (None, None);
+        let mut tls = String::new();
+        if mode.tls() {
+            let dir = tempfile::tempdir().expect("cert dir");
+            let cert = TestCert::make(dir.path(), &["localhost"]);
+            let addr = free_addr();
+            config.listen = format!("https = [\"{addr}\"]");
+            tls = format!("[tls]\n{}", cert.toml());
+            (https, certs) = (Some(addr), Some(dir));
+        }
+        config.extra = format!("{extra}\n{tls}\n{ROUTES}");
         let proxy = Proxy::start(&config);
+        if let Some(addr) = https {
+            TlsConn::wait_ready(addr, "localhost");
+        }
         Edge {
             proxy,
             up,
+            https,
             _root: root,
+            _certs: certs,
         }
     }
 
+    /// Where clients connect: the https listener in [`Mode::Tls`], else the plain one.
     fn addr(&self) -> SocketAddr {
-        self.proxy.addr
+        self.https.unwrap_or(self.proxy.addr)
+    }
+
+    /// A new client connection, over TLS in [`Mode::Tls`].
+    fn client(&self) -> RawClient {
+        RawClient::connect_to(self.addr(), self.https.is_some()).expect("connect to bascule")
     }
 
     /// Writes `bytes` on a new connection and reads up to `n` responses.
     fn exchange(&self, bytes: &[u8], n: usize) -> Exchange {
-        let mut c = RawClient::connect(self.addr()).expect("connect to bascule");
+        let mut c = self.client();
         let _ = c.send(bytes);
         c.read(n, READ)
     }
@@ -488,9 +513,9 @@ impl Run {
     }
 }
 
-fn run(addr: SocketAddr, up: &ScriptedUpstream, vec: &Vector) -> Run {
+fn run(addr: SocketAddr, tls: bool, up: &ScriptedUpstream, vec: &Vector) -> Run {
     let mark = up.mark();
-    let mut c = RawClient::connect(addr).expect("connect");
+    let mut c = RawClient::connect_to(addr, tls).expect("connect");
     let _ = c.send(&vec.bytes);
     let heads = vec![vec.head; vec.responses];
     let mut ex = c.read_for(vec.responses, &heads, READ);
@@ -579,31 +604,37 @@ fn expect(vec: &Vector, r: &Run) -> Result<(), String> {
 fn corpus_agrees_across_paths_and_with_nginx() {
     let fast = Edge::start(Mode::Fast, corpus_script, "");
     let full = Edge::start(Mode::Full, corpus_script, "");
+    let tls = Edge::start(Mode::Tls, corpus_script, "");
     let nginx_up = ScriptedUpstream::start(corpus_script);
     let nginx_root = static_root();
     let nginx = Nginx::start(nginx_up.addr(), nginx_root.path());
 
     let mut table = format!(
-        "{:<26} {:<12} {:<12} {:<12} notes\n",
-        "vector", "fast", "full", "nginx"
+        "{:<26} {:<12} {:<12} {:<12} {:<12} notes\n",
+        "vector", "fast", "full", "tls", "nginx"
     );
     let mut failures = Vec::new();
     for vec in vectors() {
-        let f = run(fast.addr(), &fast.up, &vec);
-        let u = run(full.addr(), &full.up, &vec);
-        let n = nginx.as_ref().map(|n| run(n.addr, &nginx_up, &vec));
+        let f = run(fast.addr(), false, &fast.up, &vec);
+        let u = run(full.addr(), false, &full.up, &vec);
+        let t = run(tls.addr(), true, &tls.up, &vec);
+        let n = nginx.as_ref().map(|n| run(n.addr, false, &nginx_up, &vec));
         let mut notes = Vec::new();
-        if f.verdict(&vec) != u.verdict(&vec) {
-            failures.push(format!(
-                "{}: fast {} ≠ full {}\n      fast: {}\n      full: {}",
-                vec.name,
-                f.cell(),
-                u.cell(),
-                outcome(&f.ex),
-                outcome(&u.ex)
-            ));
+        for (mode, r) in [(Mode::Full, &u), (Mode::Tls, &t)] {
+            if f.verdict(&vec) != r.verdict(&vec) {
+                failures.push(format!(
+                    "{}: fast {} ≠ {} {}\n      fast: {}\n      {}: {}",
+                    vec.name,
+                    f.cell(),
+                    mode.name(),
+                    r.cell(),
+                    outcome(&f.ex),
+                    mode.name(),
+                    outcome(&r.ex)
+                ));
+            }
         }
-        for (mode, r) in [(Mode::Fast, &f), (Mode::Full, &u)] {
+        for (mode, r) in [(Mode::Fast, &f), (Mode::Full, &u), (Mode::Tls, &t)] {
             if r.rejected() && !r.reached.is_empty() && vec.request_side() {
                 failures.push(format!(
                     "{} [{}]: rejected ({}) but reached the upstream: {}",
@@ -644,10 +675,11 @@ fn corpus_agrees_across_paths_and_with_nginx() {
         }
         let _ = writeln!(
             table,
-            "{:<26} {:<12} {:<12} {:<12} {}",
+            "{:<26} {:<12} {:<12} {:<12} {:<12} {}",
             vec.name,
             f.cell(),
             u.cell(),
+            t.cell(),
             n.as_ref().map_or("-".into(), Run::cell),
             notes.join("; ")
         );

@@ -270,3 +270,69 @@ fn plain_http_on_the_https_port_is_closed_and_harms_nothing() {
         "still serving TLS: {head}"
     );
 }
+
+/// `NAME{LABELS} VALUE` from the metrics text, where every one of `labels` is among LABELS.
+fn counter(text: &str, name: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn http1_over_tls_takes_the_fast_path_and_websockets_are_handed_over() {
+    use bascule_tests::http::get as plain_get;
+    use bascule_tests::ws::WsUpstream;
+    use bascule_tests::{wait_until, Upstream};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::make(dir.path(), &["a.test"]);
+    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
+    let ws_up = WsUpstream::start();
+    let (https, metrics) = (free_addr(), free_addr());
+    let proxy = Proxy::start(&ProxyConfig {
+        blue: vec![blue.addr()],
+        green: vec![ws_up.addr()],
+        listen: format!("https = [\"{https}\"]"),
+        extra: format!(
+            "[metrics]\nlisten = \"{metrics}\"\n\n[tls]\n{}",
+            cert.toml()
+        ),
+        ..ProxyConfig::default()
+    });
+    TlsConn::wait_ready(https, "a.test");
+    let scrape = || plain_get(metrics, "/metrics").unwrap().text();
+    let fast = |t: &str| counter(t, "bascule_connections_total", &["\"tls\"", "\"fast\""]);
+    let handed = |t: &str| counter(t, "bascule_handovers_total", &["\"tls\""]);
+    let before = scrape();
+
+    // Twenty requests on one TLS connection: one connection on the fast path, none handed over.
+    let mut conn = TlsConn::connect(https, "a.test", &[b"http/1.1"], false).unwrap();
+    for i in 0..20 {
+        let (head, body) = conn.request(&get("a.test", &format!("/k{i}"))).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body.contains("blue"), "{body}");
+    }
+    let after = scrape();
+    assert_eq!(fast(&after) - fast(&before), 1, "{after}");
+    assert_eq!(handed(&after), handed(&before), "{after}");
+
+    // A WebSocket over TLS: read by the fast path, handed to the full proxy with the bytes
+    // already decrypted put back, and it echoes.
+    proxy.admin_ok("flip green --force");
+    let tls = TlsConn::connect(https, "a.test", &[b"http/1.1"], false)
+        .unwrap()
+        .into_stream();
+    let (mut ws, resp) = tungstenite::client::client("wss://a.test/chat", tls).unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["x-bascule-slot"], "green");
+    for text in ["hello", "over tls"] {
+        ws.send(tungstenite::Message::text(text)).unwrap();
+        assert_eq!(ws.read().unwrap().into_text().unwrap().as_str(), text);
+    }
+    assert_eq!(proxy.status().slots.green.upgraded, 1);
+    assert!(wait_until(Duration::from_secs(2), || handed(&scrape())
+        == handed(&before) + 1));
+    let _ = ws.close(None);
+}

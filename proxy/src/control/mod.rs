@@ -317,6 +317,10 @@ impl Control {
             next.previous = Some(from);
             next.last_switch = Some(SystemTime::now());
         }
+        // The reply names the snapshot this flip made: with `[cluster]`, a later change from
+        // another instance may already be live when the watch brings this one back, and its
+        // generation is not this flip's.
+        let (generation, previous) = (next.generation, next.previous);
         let (w, published) = self.go_live(w, next, drain_timeout).await;
         let (published, unsaved) = match published {
             Ok(p) => p,
@@ -326,11 +330,11 @@ impl Control {
         if self.cluster.is_none() {
             self.metrics.flips.inc();
         }
-        tracing::info!(slot = %slot, from = %from, generation = published.generation, "flipped");
+        tracing::info!(slot = %slot, from = %from, generation, live = published.generation, "flipped");
         let outcome = FlipOutcome {
             active: slot,
-            previous: published.previous,
-            generation: published.generation,
+            previous,
+            generation,
             changed: true,
         };
         (w, saved(outcome, unsaved, Applied::Flip))

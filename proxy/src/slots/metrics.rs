@@ -40,6 +40,25 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Requests refused by `[[rate_limits]]`, by prefix.
     pub rate_limited: IntCounterVec,
+    /// Client connections accepted, by how they are served.
+    pub connections: Connections,
+}
+
+/// `bascule_connections_total`: client connections accepted, by transport (`plain`, `tls`) and
+/// by what serves them (`fast`: the fast path's request loop, `h2`: HTTP/2 by ALPN), and
+/// `bascule_handovers_total`: connections the fast path gave to the full proxy (an upgrade,
+/// `CONNECT`, `fast_path = false`…), by transport. Label values are resolved once here.
+pub struct Connections {
+    /// Plain HTTP/1.x connections on the fast path.
+    pub plain: IntCounter,
+    /// HTTP/1.x over TLS on the fast path.
+    pub tls: IntCounter,
+    /// HTTP/2 over TLS (the full proxy).
+    pub h2: IntCounter,
+    /// Plain connections handed over.
+    pub plain_handovers: IntCounter,
+    /// TLS connections handed over.
+    pub tls_handovers: IntCounter,
 }
 
 impl Metrics {
@@ -128,8 +147,33 @@ impl Metrics {
             &["prefix"],
         )
         .expect("valid metric");
+        let accepted = IntCounterVec::new(
+            Opts::new(
+                "bascule_connections_total",
+                "Client connections accepted, by transport and by what serves them",
+            ),
+            &["transport", "served_by"],
+        )
+        .expect("valid metric");
+        let handovers = IntCounterVec::new(
+            Opts::new(
+                "bascule_handovers_total",
+                "Client connections the fast path handed to the full proxy, by transport",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let connections = Connections {
+            plain: accepted.with_label_values(&["plain", "fast"]),
+            tls: accepted.with_label_values(&["tls", "fast"]),
+            h2: accepted.with_label_values(&["tls", "h2"]),
+            plain_handovers: handovers.with_label_values(&["plain"]),
+            tls_handovers: handovers.with_label_values(&["tls"]),
+        };
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(accepted),
+            Box::new(handovers),
             Box::new(duration.clone()),
             Box::new(inflight.clone()),
             Box::new(active.clone()),
@@ -164,6 +208,7 @@ impl Metrics {
             stats: Stats::default(),
             access_log_dropped,
             rate_limited,
+            connections,
         })
     }
 

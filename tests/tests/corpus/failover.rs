@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bascule_tests::http::Conn;
+use bascule_tests::MODES;
 
 use super::*;
 

@@ -7,7 +7,7 @@ use super::*;
 /// (or a close without a response when `codes` allows 0) and never reach the upstream.
 fn rejected(vectors: &[(&str, &[u8])], codes: &[u16], extra: &str) {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, extra);
         for (what, bytes) in vectors {
             let mark = edge.up.mark();
@@ -125,7 +125,7 @@ fn head_and_body_limits_answer_431_and_413() {
 fn chunked_body_over_the_limit_is_refused() {
     // Declared nowhere, counted as it comes: 3 chunks of 500 bytes against a 1000-byte limit.
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "[limits]\nmax_body_bytes = 1000\n");
         let mut bytes =
             b"POST /v/chunks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -158,10 +158,10 @@ fn chunked_body_over_the_limit_is_refused() {
 fn slow_request_head_gets_408_within_the_header_timeout() {
     let head = b"GET /v/slow HTTP/1.1\r\nHost: x\r\nX-Dribble: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "[limits]\nheader_timeout = \"1s\"\n");
         let mark = edge.up.mark();
-        let mut c = RawClient::connect(edge.addr()).expect("connect");
+        let mut c = edge.client();
         let start = std::time::Instant::now();
         let mut answer = None;
         // One byte every 300 ms: the whole head would take ~25 s; the limit is 1 s.
@@ -212,7 +212,7 @@ fn upstream_answers(
     check: impl Fn(&[u8], &Exchange) -> Result<(), String>,
 ) {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         for &raw in raws {
             let edge = Edge::start(
                 mode,

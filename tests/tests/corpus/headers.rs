@@ -28,7 +28,7 @@ fn host_must_be_present_single_and_valid() {
         ("with userinfo", b"GET /v/h HTTP/1.1\r\nHost: u@a\r\n\r\n"),
     ];
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "");
         for (what, bytes) in heads {
             for (method, bytes) in [
@@ -83,7 +83,7 @@ fn hop_by_hop_left(r: &Received) -> Vec<String> {
 #[test]
 fn hop_by_hop_request_headers_never_reach_the_upstream() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "");
         for (method, bytes) in [
             (
@@ -119,7 +119,7 @@ fn hop_by_hop_request_headers_never_reach_the_upstream() {
 #[test]
 fn client_connection_close_does_not_close_the_pooled_upstream_connection() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         // GETs and POSTs apart: in the default mode they take different paths, each with its
         // own upstream pool.
         for method in ["GET", "POST"] {
@@ -131,7 +131,7 @@ fn client_connection_close_does_not_close_the_pooled_upstream_connection() {
                 } else {
                     post(&format!("/v/c{i}"), "Connection: close\r\n")
                 };
-                let mut c = RawClient::connect(edge.addr()).expect("connect");
+                let mut c = edge.client();
                 let _ = c.send(&bytes);
                 let ex = c.read_to_end(READ);
                 fails.check(
@@ -171,7 +171,7 @@ fn client_connection_close_does_not_close_the_pooled_upstream_connection() {
 #[test]
 fn hop_by_hop_response_headers_never_reach_the_client() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(
             mode,
             |_| {
@@ -213,7 +213,7 @@ fn hop_by_hop_response_headers_never_reach_the_client() {
 #[test]
 fn bare_lf_request_heads_are_forwarded_as_crlf() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "");
         for (method, bytes) in [
             ("GET", b"GET /v/lf HTTP/1.1\nHost: x\nX-A: b\n\n".to_vec()),
@@ -279,7 +279,11 @@ fn check_forwarded(
         let want = [
             ("x-forwarded-for", xff),
             ("x-real-ip", "127.0.0.1"),
-            ("x-forwarded-proto", "http"),
+            // The scheme the client used: over TLS it is https on every path.
+            (
+                "x-forwarded-proto",
+                if mode.tls() { "https" } else { "http" },
+            ),
             ("x-forwarded-host", "shop.example"),
         ];
         for (name, value) in want {
@@ -294,7 +298,7 @@ fn check_forwarded(
 #[test]
 fn forwarded_headers_are_set_and_untrusted_ones_replaced() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "");
         check_forwarded(
             &mut fails,
@@ -319,7 +323,7 @@ fn forwarded_headers_are_set_and_untrusted_ones_replaced() {
 #[test]
 fn forwarded_for_from_a_trusted_peer_is_appended_to() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "[forwarding]\ntrusted = [\"127.0.0.0/8\"]\n");
         for (method, ex, up) in forwarded(&edge, "X-Forwarded-For: 1.2.3.4\r\n") {
             let got = up.as_ref().map(|r| r.header_all("x-forwarded-for"));

@@ -5,7 +5,7 @@ use super::*;
 
 fn pipelined(bytes: &[u8], want: &[&str]) {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "");
         let ex = edge.exchange(bytes, want.len());
         let bodies: Vec<String> = ex.responses.iter().map(RawResponse::text).collect();

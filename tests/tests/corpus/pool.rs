@@ -9,7 +9,7 @@ const UNSOLICITED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisone
 #[test]
 fn unsolicited_response_never_reaches_the_next_client() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(
             mode,
             |req| match req.target.as_str() {
@@ -53,7 +53,7 @@ fn body_after_a_head_response_never_reaches_another_client() {
     // The upstream answers HEAD with a head, then a body it must not send: here a whole
     // response, written at once on even rounds and 30 ms later on odd ones.
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(
             mode,
             |req| {
@@ -77,15 +77,15 @@ fn body_after_a_head_response_never_reaches_another_client() {
             },
             "",
         );
-        let mut heads = RawClient::connect(edge.addr()).expect("connect");
-        let mut gets = RawClient::connect(edge.addr()).expect("connect");
+        let mut heads = edge.client();
+        let mut gets = edge.client();
         let mut wrong = Vec::new();
         for i in 0..50 {
             if heads
                 .send(format!("HEAD /h{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
                 .is_err()
             {
-                heads = RawClient::connect(edge.addr()).expect("reconnect");
+                heads = edge.client();
                 let _ = heads.send(format!("HEAD /h{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
             }
             let h = heads.read_for(1, &[true], READ);
@@ -98,17 +98,17 @@ fn body_after_a_head_response_never_reaches_another_client() {
             }
             let path = format!("/g{i}");
             if gets.send(&get(&path)).is_err() {
-                gets = RawClient::connect(edge.addr()).expect("reconnect");
+                gets = edge.client();
                 let _ = gets.send(&get(&path));
             }
             let g = gets.read(1, READ);
             if g.responses.first().map(RawResponse::text) != Some(format!("GET {path}")) {
                 wrong.push(format!("GET {path}: {}", outcome(&g)));
                 // A desynchronised connection would make every later round wrong too.
-                gets = RawClient::connect(edge.addr()).expect("reconnect");
+                gets = edge.client();
             }
             if h.end != End::Open || !h.leftover.is_empty() {
-                heads = RawClient::connect(edge.addr()).expect("reconnect");
+                heads = edge.client();
             }
         }
         fails.check(mode, wrong.is_empty(), || {

@@ -19,7 +19,7 @@ fn is_private(ex: &Exchange) -> bool {
 #[test]
 fn absolute_form_target_routes_by_its_path() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "");
         let (ex, up) = through(&edge, b"GET http://x/private HTTP/1.1\r\nHost: x\r\n\r\n");
         fails.check(mode, is_private(&ex) && up.is_empty(), || {
@@ -36,7 +36,7 @@ fn absolute_form_target_routes_by_its_path() {
 #[test]
 fn asterisk_is_only_for_options() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "");
         let (ex, up) = through(&edge, b"GET * HTTP/1.1\r\nHost: x\r\n\r\n");
         fails.check(
@@ -63,7 +63,7 @@ fn asterisk_is_only_for_options() {
 #[test]
 fn dot_segments_are_resolved_before_routing() {
     let mut fails = Failures::default();
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "");
         for target in ["/api/../private", "/./private", "/api/x/../../private"] {
             let (ex, up) = through(&edge, &get(target));
@@ -107,11 +107,11 @@ const BAD_STATIC: [&[u8]; 8] = [
 fn a_400_that_says_close_is_followed_by_a_close() {
     let mut fails = Failures::default();
     let mut closing = 0;
-    for mode in MODES {
+    for mode in PATHS {
         let edge = Edge::start(mode, echo, "");
         for target in BAD_STATIC {
             let mark = edge.up.mark();
-            let mut c = RawClient::connect(edge.addr()).expect("connect");
+            let mut c = edge.client();
             let bytes = [
                 b"GET ",
                 target,

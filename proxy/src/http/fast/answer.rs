@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
 use tokio::io::AsyncWriteExt;
 
 use crate::wire::access_log::{Entry, LogRequest};
@@ -18,7 +18,7 @@ impl FastApp {
     /// The proxy's own error response, tagged with the slot; the connection closes after it.
     pub(super) async fn respond_error(
         &self,
-        client: &mut L4Stream,
+        client: &mut Stream,
         slot: SlotName,
         code: u16,
         headers: &RouteHeaders,
@@ -36,7 +36,7 @@ impl FastApp {
     /// Sends a plain request to https (`[listen] redirect_http`); the connection closes after.
     pub(super) async fn redirect(
         &self,
-        client: &mut L4Stream,
+        client: &mut Stream,
         location: &str,
         buf: &[u8],
         client_ip: IpAddr,
@@ -52,7 +52,7 @@ impl FastApp {
     /// connection closes after it.
     pub(super) async fn refuse(
         &self,
-        client: &mut L4Stream,
+        client: &mut Stream,
         why: Reject,
         buf: &[u8],
         client_ip: IpAddr,
@@ -72,7 +72,7 @@ impl FastApp {
     #[allow(clippy::too_many_arguments)]
     async fn close_with(
         &self,
-        client: &mut L4Stream,
+        client: &mut Stream,
         status: u16,
         body: &str,
         mut extra: Vec<u8>,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bascule_config::LimitsConfig;
 use bytes::{Buf, BytesMut};
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::wire::chunked::Chunked;
@@ -97,7 +97,7 @@ impl Incoming {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream(
     ex: &mut Exchange<'_>,
-    client: &mut L4Stream,
+    client: &mut Stream,
     buf: &mut BytesMut,
     body: &mut Incoming,
     ubuf: &mut BytesMut,
@@ -153,7 +153,7 @@ pub(super) async fn stream(
 async fn answered(
     read: std::io::Result<usize>,
     ubuf: &mut BytesMut,
-    client: &mut L4Stream,
+    client: &mut Stream,
     head_request: bool,
     drop: &(dyn Fn(&[u8]) -> bool + Sync),
     out: &mut Vec<u8>,
@@ -172,7 +172,7 @@ async fn answered(
 /// Closes a client connection whose request body was not all read, as nginx's lingering
 /// close: the response is sent, the write side shut, and what the client still sends is read
 /// and dropped for a short while, so the response is not lost to a reset.
-pub(super) async fn linger(client: &mut L4Stream) {
+pub(super) async fn linger(client: &mut Stream) {
     const LINGER: Duration = Duration::from_secs(2);
     let _ = client.flush().await;
     let _ = client.shutdown().await;

@@ -4,7 +4,7 @@
 //! the upstream's bytes are read.
 
 use bytes::BytesMut;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::wire::chunked::Chunked;
@@ -103,7 +103,7 @@ fn frame(
 /// chunked start: 502).
 pub(super) async fn relay(
     ex: &mut Exchange<'_>,
-    client: &mut L4Stream,
+    client: &mut Stream,
     head: &ResponseHead,
     encoder: Encoder,
     out: &mut Vec<u8>,

@@ -9,13 +9,15 @@
 //! delimiting the body by its framing so both connections stay alive. A head the policy refuses
 //! is answered here (4xx, then close). What only Pingora's full proxy has the machinery for —
 //! upgrades (a tunnel), `CONNECT`, an HTTP/1.0 request without `Host`, a body sent to a static
-//! route — is handed over with the bytes already read put back
-//! ([`crate::http::service::Bascule`]) for the rest of the connection; it applies the same
-//! policy. TLS connections (HTTP/1.1 and HTTP/2) are served by the full proxy.
+//! route — is handed over with the bytes already read put back ([`handover`]) to
+//! [`crate::http::service::Bascule`] for the rest of the connection; it applies the same
+//! policy. HTTP/1.x over TLS takes this path too (the loop reads and writes any Pingora
+//! stream); HTTP/2, chosen by ALPN, is served by the full proxy.
 
 mod answer;
 mod body;
 mod compress;
+mod handover;
 mod park;
 mod proxying;
 mod request;
@@ -30,10 +32,9 @@ use async_trait::async_trait;
 use bascule_config::{ForwardingConfig, LimitsConfig, RouteTarget};
 use bytes::BytesMut;
 use pingora::proxy::HttpProxy;
-use pingora_core::apps::{HttpServerApp, ServerApp};
-use pingora_core::protocols::http::ServerSession;
+use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -171,7 +172,7 @@ impl FastApp {
     }
 
     /// What becomes of a client's forwarded headers, decided once per connection.
-    fn forwarding_of(&self, client: &L4Stream) -> (Forwarding, Peer, IpAddr) {
+    fn forwarding_of(&self, client: &Stream) -> (Forwarding, Peer, IpAddr) {
         let addr = client
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
@@ -193,7 +194,7 @@ struct Relay<'b> {
 /// Waits up to `wait` for an idle connection's next bytes: into `buf` when it kept one, else
 /// into `first`.
 async fn idle_read(
-    client: &mut L4Stream,
+    client: &mut Stream,
     keep: bool,
     buf: &mut BytesMut,
     first: &mut [u8],
@@ -242,9 +243,11 @@ impl ServerApp for FastApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // Plain TCP listeners hand over Pingora's L4 stream; TLS streams (HTTP/1.1 or, by ALPN,
-        // HTTP/2) go to the full proxy, which applies the same policy to each request.
-        if !stream.as_any().is::<L4Stream>() {
+        // Plain TCP listeners hand over Pingora's L4 stream, https listeners a TLS stream:
+        // HTTP/1.x on either is served here; HTTP/2 (by ALPN) goes to the full proxy, which
+        // applies the same policy to each stream.
+        let tls = !stream.as_any().is::<L4Stream>();
+        if tls {
             // `min_version = "1.3"`: the certificate resolver turns away clients that offer no
             // TLS 1.3 suite; one that offered them but settled on 1.2 is closed here, before
             // any request is read.
@@ -254,10 +257,14 @@ impl ServerApp for FastApp {
             if self.tls13_only && old {
                 return None;
             }
-            return ServerApp::process_new(&self.full, stream, shutdown).await;
+            if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+                self.control.metrics().connections.h2.inc();
+                return ServerApp::process_new(&self.full, stream, shutdown).await;
+            }
         }
-        let client = stream.into_any().downcast::<L4Stream>().ok()?;
-        self.connection(client, shutdown).await
+        let counted = &self.control.metrics().connections;
+        if tls { &counted.tls } else { &counted.plain }.inc();
+        self.connection(stream, tls, shutdown).await
     }
 }
 
@@ -272,15 +279,20 @@ impl FastApp {
         let mut client = L4Stream::from(tcp);
         // As Pingora's listener does, so a hand-over still knows the client's address.
         client.set_socket_digest(SocketDigest::from_raw_fd(client.as_raw_fd()));
-        self.connection(Box::new(client), &shutdown).await;
+        self.connection(Box::new(client), false, &shutdown).await;
     }
 
     /// The request loop of one client connection, until it closes, is parked or handed over.
+    /// `tls`: the connection is a TLS one (never parked: its state lives in this task).
     async fn connection(
         self: &Arc<Self>,
-        mut client: Box<L4Stream>,
+        mut client: Stream,
+        tls: bool,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // A TLS request is never sent to https: it is there.
+        let redirect_to = if tls { None } else { self.redirect_to };
+        let park_after = if tls { None } else { self.park_after };
         let (forwarding, peer, client_ip) = self.forwarding_of(&client);
         let mut buf = BytesMut::new();
         // The upstream request head, written from the checked fields; reused across requests.
@@ -297,7 +309,8 @@ impl FastApp {
                         (i, to == Some(RouteTarget::Static))
                     };
                     let policy = Policy {
-                        redirect_to: self.redirect_to,
+                        redirect_to,
+                        tls,
                         serve: self.enabled,
                         limits: &self.limits,
                         forwarding,
@@ -321,14 +334,15 @@ impl FastApp {
                     if keep {
                         buf.reserve(READ_CHUNK);
                     }
-                    let wait = self.park_after.unwrap_or(self.keepalive);
+                    let wait = park_after.unwrap_or(self.keepalive);
                     let mut read = idle_read(&mut client, keep, &mut buf, &mut first, wait).await;
-                    if let (Err(_), Some(waited)) = (&read, self.park_after) {
+                    if let (Err(_), Some(waited)) = (&read, park_after) {
                         // Silent for `waited` already: the rest of its keep-alive time is left.
                         let left = self.keepalive - waited;
                         match self.parking(shutdown) {
                             Some(parking) => {
-                                parking.park(client, Instant::now() + left);
+                                let plain = client.into_any().downcast::<L4Stream>().ok()?;
+                                parking.park(plain, Instant::now() + left);
                                 return None;
                             }
                             None => {
@@ -433,47 +447,12 @@ impl FastApp {
         }
     }
 
-    /// Puts the bytes read back in front of the stream and lets Pingora's full proxy serve the
-    /// rest of the connection, keep-alive included.
-    async fn hand_over(
-        self: &Arc<Self>,
-        mut client: Box<L4Stream>,
-        buf: &[u8],
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        if !buf.is_empty() {
-            client.rewind(buf);
-        }
-        let mut session = ServerSession::new_http1(client);
-        // Requests sent back to back are answered in order, as on the fast path.
-        session.set_pipelining_enabled(true);
-        // Later heads on this connection are read by Pingora, which bounds each read, not the
-        // whole head: the closest it offers to `header_timeout`.
-        session.set_read_timeout(Some(self.limits.header_timeout));
-        let keepalive = self.keepalive.as_secs().max(1);
-        session.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            Some(keepalive)
-        });
-        let mut result = self.full.process_new_http(session, shutdown).await;
-        while let Some((stream, settings)) = result.map(|r| r.consume()) {
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
-            session.set_read_timeout(Some(self.limits.header_timeout));
-            result = self.full.process_new_http(session, shutdown).await;
-        }
-        None
-    }
-
     /// Serves one checked request; `head` is its upstream head (and the body bytes read with
     /// it), when it goes upstream; `body`: the connection's buffer, past the head, and the rest
     /// of the body still to relay from it and the client.
     async fn serve(
         &self,
-        client: &mut L4Stream,
+        client: &mut Stream,
         req: &mut Request,
         routing: &Arc<Routing>,
         head: &[u8],

@@ -2,7 +2,7 @@
 //! request (and its body) sent, the response head rewritten and its body relayed.
 
 use bytes::BytesMut;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
 
 use crate::slots::routing::{Member, Routing};
 use crate::wire::date_line;
@@ -22,7 +22,7 @@ impl FastApp {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn proxy<'r>(
         &self,
-        client: &mut L4Stream,
+        client: &mut Stream,
         req: &Request,
         routing: &'r Routing,
         slot: SlotName,
@@ -69,7 +69,7 @@ impl FastApp {
     #[allow(clippy::too_many_arguments)]
     async fn attempt<'r>(
         &self,
-        client: &mut L4Stream,
+        client: &mut Stream,
         req: &Request,
         routing: &Routing,
         slot: SlotName,

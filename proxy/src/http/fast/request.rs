@@ -90,6 +90,8 @@ pub(super) enum Head {
 pub(super) struct Policy<'a> {
     /// `[listen] redirect_http`: the https port plain requests are sent to.
     pub(super) redirect_to: Option<u16>,
+    /// The request came over TLS (`X-Forwarded-Proto: https`).
+    pub(super) tls: bool,
     /// `[server] fast_path`: off, every valid head is handed over.
     pub(super) serve: bool,
     pub(super) limits: &'a LimitsConfig,
@@ -172,7 +174,7 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         out.clear();
         write_upstream_h1(out, &head, &c, |out| {
             if policy.forwarding != Forwarding::Off {
-                Forwarded::new(head.headers, &c, policy.peer, false).write_h1(out);
+                Forwarded::new(head.headers, &c, policy.peer, policy.tls).write_h1(out);
             }
         });
         None
@@ -185,11 +187,10 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
     }
     let log = policy.log.then(|| {
         let headers = head.headers.iter().map(|h| (h.name, h.value));
-        Box::new(LogRequest::new(head.method, head.target, false, headers))
+        Box::new(LogRequest::new(head.method, head.target, h10, headers))
     });
-    // Only HTTP/1.1 stays here: the version never rules compression out.
     let negotiated = match policy.compression {
-        Some(comp) if !is_static => comp.negotiate(head_method, false, c.accept_encoding),
+        Some(comp) if !is_static => comp.negotiate(head_method, h10, c.accept_encoding),
         _ => Negotiated::Off,
     };
     Head::Fast(Request {

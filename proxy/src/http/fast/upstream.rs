@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -85,7 +85,7 @@ pub(super) enum Seen {
 /// `drop`: the header names the upstream may not set.
 pub(super) async fn head_in(
     ubuf: &mut BytesMut,
-    client: &mut L4Stream,
+    client: &mut Stream,
     head_request: bool,
     drop: &(dyn Fn(&[u8]) -> bool + Sync),
     out: &mut Vec<u8>,
@@ -112,7 +112,7 @@ pub(super) async fn head_in(
 /// rewritten, to `out`.
 pub(super) async fn read_head(
     ex: &mut Exchange<'_>,
-    client: &mut L4Stream,
+    client: &mut Stream,
     head_request: bool,
     drop: &(dyn Fn(&[u8]) -> bool + Sync),
     ubuf: &mut BytesMut,
@@ -238,7 +238,7 @@ pub(super) fn start(
 /// the body by `head.framing`.
 pub(super) async fn relay_body(
     ex: &mut Exchange<'_>,
-    client: &mut L4Stream,
+    client: &mut Stream,
     head: &ResponseHead,
     start: Start,
     out: &[u8],
