@@ -120,7 +120,13 @@ impl App {
                 if tls.h2 {
                     settings.enable_h2();
                 }
-                proxy.add_listener(ListenerConfig::tcp(addr.to_string()).tls(settings));
+                // rustls reads records into its own buffer and the fast path into its own: a
+                // 64 KiB L4 read buffer under them would cost every TLS connection, idle ones
+                // included, 64 KiB more and a copy.
+                let endpoint = ListenerConfig::tcp(addr.to_string())
+                    .tls(settings)
+                    .l4_buffer(L4BufferSettings::unbuffered());
+                proxy.add_listener(endpoint);
             }
         }
         server.add_service(proxy);

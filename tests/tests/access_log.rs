@@ -241,6 +241,22 @@ fn combined_lines_read_as_nginx_writes_them() {
 }
 
 #[test]
+fn an_http_1_0_request_is_logged_with_its_version_on_both_paths() {
+    for mode in MODES {
+        let e = edge(mode, file_log("combined"));
+        let req = b"GET /api/old HTTP/1.0\r\nHost: e\r\n\r\n";
+        let ex = exchange(e.proxy.addr, req, 1, Duration::from_secs(5));
+        assert_eq!(ex.statuses(), vec![200], "{mode:?}");
+        let got = wait_lines(&e.log, 1);
+        assert!(
+            got[0].contains("] \"GET /api/old HTTP/1.0\" 200 "),
+            "{mode:?}: {}",
+            got[0]
+        );
+    }
+}
+
+#[test]
 fn sigusr1_reopens_the_file_after_a_rename() {
     for mode in MODES {
         let e = edge(mode, file_log("combined"));

@@ -241,6 +241,21 @@ fn small_unlisted_encoded_head_and_304_responses_are_untouched_on_both_paths() {
             Some(json(200).len().to_string().as_str()),
             "{m}: HEAD keeps the length"
         );
+        // An HTTP/1.0 client cannot take a chunked answer, and nginx leaves its answers
+        // alone (gzip_http_version 1.1).
+        let ex = bascule_tests::raw::exchange(
+            proxy.addr,
+            b"GET /json HTTP/1.0\r\nHost: e\r\nAccept-Encoding: gzip\r\n\r\n",
+            1,
+            std::time::Duration::from_secs(5),
+        );
+        assert_eq!(ex.statuses(), vec![200], "{m}: HTTP/1.0");
+        assert_eq!(
+            ex.responses[0].header("content-encoding"),
+            None,
+            "{m}: HTTP/1.0"
+        );
+        assert!(ex.responses[0].body == json(200), "{m}: HTTP/1.0 body");
         let r = get(proxy.addr, "/not-modified", Some("gzip"));
         assert_eq!(r.status, 304, "{m}");
         assert_eq!(r.header("content-encoding"), None, "{m}: 304");

@@ -283,7 +283,8 @@ impl FastApp {
     }
 
     /// The request loop of one client connection, until it closes, is parked or handed over.
-    /// `tls`: the connection is a TLS one (never parked: its state lives in this task).
+    /// `tls`: the connection is a TLS one, never parked (its state lives in this task): once
+    /// idle for `park_idle_after` it lets go of its read buffer instead.
     async fn connection(
         self: &Arc<Self>,
         mut client: Stream,
@@ -292,7 +293,7 @@ impl FastApp {
     ) -> Option<Stream> {
         // A TLS request is never sent to https: it is there.
         let redirect_to = if tls { None } else { self.redirect_to };
-        let park_after = if tls { None } else { self.park_after };
+        let park_after = self.park_after;
         let (forwarding, peer, client_ip) = self.forwarding_of(&client);
         let mut buf = BytesMut::new();
         // The upstream request head, written from the checked fields; reused across requests.
@@ -330,7 +331,7 @@ impl FastApp {
                     // one (or one resumed from parking) holds none: its first bytes land in the
                     // task's own state and are copied into one sized for them.
                     let mut first = [0u8; FIRST_READ];
-                    let keep = buf.capacity() > 0;
+                    let mut keep = buf.capacity() > 0;
                     if keep {
                         buf.reserve(READ_CHUNK);
                     }
@@ -339,13 +340,17 @@ impl FastApp {
                     if let (Err(_), Some(waited)) = (&read, park_after) {
                         // Silent for `waited` already: the rest of its keep-alive time is left.
                         let left = self.keepalive - waited;
-                        match self.parking(shutdown) {
+                        let parking = if tls { None } else { self.parking(shutdown) };
+                        match parking {
                             Some(parking) => {
                                 let plain = client.into_any().downcast::<L4Stream>().ok()?;
                                 parking.park(plain, Instant::now() + left);
                                 return None;
                             }
                             None => {
+                                // It waits in its task, without the buffer meanwhile.
+                                buf = BytesMut::new();
+                                keep = false;
                                 read =
                                     idle_read(&mut client, keep, &mut buf, &mut first, left).await;
                             }
