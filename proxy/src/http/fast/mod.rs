@@ -192,18 +192,33 @@ struct Relay<'b> {
 }
 
 /// Waits up to `wait` for an idle connection's next bytes: into `buf` when it kept one, else
-/// into `first`.
+/// into `first`; `Err` when `wait` passed first.
+///
+/// `idle` is the connection's one idle timer, moved to the new deadline rather than made anew:
+/// Tokio wakes its driver (an eventfd write and one more `epoll_wait`) whenever a timer is
+/// set earlier than the wake-up it is parked for. A new timer per request, set after the
+/// upstream's answer (parked on the upstream read timeout), did that on every request; the
+/// kept one still holds the previous idle deadline, earlier than the new one.
 async fn idle_read(
     client: &mut Stream,
     keep: bool,
     buf: &mut BytesMut,
     first: &mut [u8],
     wait: Duration,
-) -> Result<std::io::Result<usize>, tokio::time::error::Elapsed> {
-    if keep {
-        tokio::time::timeout(wait, client.read_buf(buf)).await
-    } else {
-        tokio::time::timeout(wait, client.read(first)).await
+    mut idle: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Result<std::io::Result<usize>, ()> {
+    idle.as_mut().reset(tokio::time::Instant::now() + wait);
+    let read = async {
+        if keep {
+            client.read_buf(buf).await
+        } else {
+            client.read(first).await
+        }
+    };
+    tokio::select! {
+        biased;
+        r = read => Ok(r),
+        () = idle => Err(()),
     }
 }
 
@@ -296,6 +311,8 @@ impl FastApp {
         let park_after = self.park_after;
         let (forwarding, peer, client_ip) = self.forwarding_of(&client);
         let mut buf = BytesMut::new();
+        let idle = tokio::time::sleep(self.keepalive);
+        tokio::pin!(idle);
         // The upstream request head, written from the checked fields; reused across requests.
         let mut scratch = Vec::new();
         loop {
@@ -336,7 +353,9 @@ impl FastApp {
                         buf.reserve(READ_CHUNK);
                     }
                     let wait = park_after.unwrap_or(self.keepalive);
-                    let mut read = idle_read(&mut client, keep, &mut buf, &mut first, wait).await;
+                    let mut read =
+                        idle_read(&mut client, keep, &mut buf, &mut first, wait, idle.as_mut())
+                            .await;
                     if let (Err(_), Some(waited)) = (&read, park_after) {
                         // Silent for `waited` already: the rest of its keep-alive time is left.
                         let left = self.keepalive - waited;
@@ -351,8 +370,10 @@ impl FastApp {
                                 // It waits in its task, without the buffer meanwhile.
                                 buf = BytesMut::new();
                                 keep = false;
+                                let again = idle.as_mut();
                                 read =
-                                    idle_read(&mut client, keep, &mut buf, &mut first, left).await;
+                                    idle_read(&mut client, keep, &mut buf, &mut first, left, again)
+                                        .await;
                             }
                         }
                     }
