@@ -266,3 +266,21 @@ impl TlsConn {
         }
     }
 }
+
+/// What [`Mode::Tls`](crate::Mode::Tls) adds to a config: an https listener with a certificate
+/// for `localhost` made in a temp dir. Returns where clients connect and the dir (kept alive by
+/// the caller); `None` for the other modes.
+pub fn https_for(
+    mode: crate::Mode,
+    cfg: &mut crate::ProxyConfig,
+) -> Option<(SocketAddr, tempfile::TempDir)> {
+    if !mode.tls() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("cert dir");
+    let cert = TestCert::make(dir.path(), &["localhost"]);
+    let addr = crate::free_addr();
+    cfg.listen = format!("https = [\"{addr}\"]\n{}", cfg.listen);
+    cfg.extra = format!("{}\n[tls]\n{}", cfg.extra, cert.toml());
+    Some((addr, dir))
+}

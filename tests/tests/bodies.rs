@@ -1,8 +1,8 @@
-//! Request bodies, end to end through the real binary on both request paths: bodies of every
-//! size arrive intact (checksummed at the upstream), chunked bodies with extensions and
-//! trailers, `Expect: 100-continue` with an upstream that answers early or says continue, a
-//! client that stops mid-body, the body limit and timeout, pipelined POSTs, HTTP/1.0, and a
-//! flip during an upload.
+//! Request bodies, end to end through the real binary on both request paths (the first two
+//! tests over TLS too): bodies of every size arrive intact (checksummed at the upstream),
+//! chunked bodies with extensions and trailers, `Expect: 100-continue` with an upstream that
+//! answers early or says continue, a client that stops mid-body, the body limit and timeout,
+//! pipelined POSTs, HTTP/1.0, and a flip during an upload.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bascule_tests::raw::{End, RawClient};
-use bascule_tests::{wait_until, Mode, Proxy, ProxyConfig, MODES};
+use bascule_tests::tls::{https_for, TlsConn};
+use bascule_tests::{wait_until, Mode, Proxy, ProxyConfig, MODES, PATHS};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -204,6 +205,33 @@ fn proxy(mode: Mode, blue: &BodyUpstream, green: Option<&BodyUpstream>, extra: &
     })
 }
 
+/// A proxy in `mode` over `up`, with a client connection to it (over TLS in [`Mode::Tls`]).
+fn proxy_and_client(
+    mode: Mode,
+    up: &BodyUpstream,
+) -> (Proxy, RawClient, Option<tempfile::TempDir>) {
+    let root = tempfile::tempdir().unwrap();
+    let mut cfg = ProxyConfig {
+        blue: vec![up.addr],
+        green: vec![up.addr],
+        blue_root: Some(root.path().to_path_buf()),
+        green_root: Some(root.path().to_path_buf()),
+        server: mode.server(),
+        extra: "[health]\npath = \"/health\"\ninterval = \"1s\"\n".into(),
+        ..Default::default()
+    };
+    let https = https_for(mode, &mut cfg);
+    let p = Proxy::start(&cfg);
+    let c = match &https {
+        Some((addr, _)) => {
+            TlsConn::wait_ready(*addr, "localhost");
+            RawClient::connect_tls(*addr).unwrap()
+        }
+        None => RawClient::connect(p.addr).unwrap(),
+    };
+    (p, c, https.map(|(_, dir)| dir))
+}
+
 fn post(path: &str, body: &[u8], extra: &str) -> Vec<u8> {
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n{extra}\r\n",
@@ -217,9 +245,8 @@ fn post(path: &str, body: &[u8], extra: &str) -> Vec<u8> {
 #[test]
 fn bodies_of_every_size_arrive_intact() {
     let up = BodyUpstream::start("blue");
-    for mode in MODES {
-        let p = proxy(mode, &up, None, "");
-        let mut c = RawClient::connect(p.addr).unwrap();
+    for mode in PATHS {
+        let (_p, mut c, _certs) = proxy_and_client(mode, &up);
         for len in [0, 1, 1024, 1024 * 1024] {
             let body = body_of(len);
             c.send(&post("/upload", &body, "")).unwrap();
@@ -249,9 +276,8 @@ fn bodies_of_every_size_arrive_intact() {
 #[test]
 fn chunked_bodies_with_extensions_and_trailers() {
     let up = BodyUpstream::start("blue");
-    for mode in MODES {
-        let p = proxy(mode, &up, None, "");
-        let mut c = RawClient::connect(p.addr).unwrap();
+    for mode in PATHS {
+        let (_p, mut c, _certs) = proxy_and_client(mode, &up);
         let big = body_of(300_000);
         let mut req = b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         req.extend_from_slice(b"5;name=value\r\nhello\r\n");
