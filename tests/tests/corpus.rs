@@ -14,8 +14,8 @@ use bascule_tests::raw::{
     echo, has_bare_lf, response, show, Action, End, Exchange, Nginx, RawClient, RawResponse,
     Received, ScriptedUpstream,
 };
-use bascule_tests::tls::{TestCert, TlsConn};
-use bascule_tests::{free_addr, Mode, Proxy, ProxyConfig, PATHS};
+use bascule_tests::tls::{https_for, TlsConn};
+use bascule_tests::{Mode, Proxy, ProxyConfig, PATHS};
 
 #[path = "corpus/failover.rs"]
 mod failover;
@@ -75,18 +75,9 @@ impl Edge {
 
     fn start_with(mode: Mode, up: ScriptedUpstream, extra: &str) -> Edge {
         let root = static_root();
-        let mut config = ProxyConfig::on_one_upstream(up.addr(), root.path(), mode, String::new());
-        let (mut https, mut certs) = (None, None);
-        let mut tls = String::new();
-        if mode.tls() {
-            let dir = tempfile::tempdir().expect("cert dir");
-            let cert = TestCert::make(dir.path(), &["localhost"]);
-            let addr = free_addr();
-            config.listen = format!("https = [\"{addr}\"]");
-            tls = format!("[tls]\n{}", cert.toml());
-            (https, certs) = (Some(addr), Some(dir));
-        }
-        config.extra = format!("{extra}\n{tls}\n{ROUTES}");
+        let extra = format!("{extra}\n{ROUTES}");
+        let mut config = ProxyConfig::on_one_upstream(up.addr(), root.path(), mode, extra);
+        let (https, certs) = https_for(mode, &mut config).unzip();
         let proxy = Proxy::start(&config);
         if let Some(addr) = https {
             TlsConn::wait_ready(addr, "localhost");

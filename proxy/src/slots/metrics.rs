@@ -49,16 +49,24 @@ pub struct Metrics {
 /// `bascule_handovers_total`: connections the fast path gave to the full proxy (an upgrade,
 /// `CONNECT`, `fast_path = false`…), by transport. Label values are resolved once here.
 pub struct Connections {
-    /// Plain HTTP/1.x connections on the fast path.
-    pub plain: IntCounter,
-    /// HTTP/1.x over TLS on the fast path.
-    pub tls: IntCounter,
+    /// HTTP/1.x connections on the fast path: plain, TLS.
+    fast: [IntCounter; 2],
     /// HTTP/2 over TLS (the full proxy).
     pub h2: IntCounter,
-    /// Plain connections handed over.
-    pub plain_handovers: IntCounter,
-    /// TLS connections handed over.
-    pub tls_handovers: IntCounter,
+    /// Connections handed over: plain, TLS.
+    handovers: [IntCounter; 2],
+}
+
+impl Connections {
+    /// Counts an HTTP/1.x connection taken by the fast path.
+    pub fn fast(&self, tls: bool) {
+        self.fast[usize::from(tls)].inc();
+    }
+
+    /// Counts a connection handed to the full proxy.
+    pub fn handed_over(&self, tls: bool) {
+        self.handovers[usize::from(tls)].inc();
+    }
 }
 
 impl Metrics {
@@ -164,11 +172,9 @@ impl Metrics {
         )
         .expect("valid metric");
         let connections = Connections {
-            plain: accepted.with_label_values(&["plain", "fast"]),
-            tls: accepted.with_label_values(&["tls", "fast"]),
+            fast: ["plain", "tls"].map(|t| accepted.with_label_values(&[t, "fast"])),
             h2: accepted.with_label_values(&["tls", "h2"]),
-            plain_handovers: handovers.with_label_values(&["plain"]),
-            tls_handovers: handovers.with_label_values(&["tls"]),
+            handovers: ["plain", "tls"].map(|t| handovers.with_label_values(&[t])),
         };
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,

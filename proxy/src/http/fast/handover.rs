@@ -24,21 +24,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::FastApp;
 
 impl FastApp {
-    /// Puts the bytes read back in front of the stream and lets Pingora's full proxy serve the
-    /// rest of the connection, keep-alive included.
+    /// Puts the bytes read back in front of the stream (a TLS one when `tls`) and lets
+    /// Pingora's full proxy serve the rest of the connection, keep-alive included.
     pub(super) async fn hand_over(
         &self,
         client: Stream,
+        tls: bool,
         buf: &[u8],
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let counted = &self.control.metrics().connections;
-        if client.get_ssl_digest().is_some() {
-            counted.tls_handovers.inc();
-        } else {
-            counted.plain_handovers.inc();
-        }
-        let client = put_back(client, buf);
+        self.control.metrics().connections.handed_over(tls);
+        let client = put_back(client, tls, buf);
         let mut session = ServerSession::new_http1(client);
         // Requests sent back to back are answered in order, as on the fast path.
         session.set_pipelining_enabled(true);
@@ -65,15 +61,15 @@ impl FastApp {
 }
 
 /// `client` with `read` to be read again first.
-fn put_back(client: Stream, read: &[u8]) -> Stream {
+fn put_back(client: Stream, tls: bool, read: &[u8]) -> Stream {
     if read.is_empty() {
         return client;
     }
-    if client.as_any().is::<L4Stream>() {
+    if !tls {
         let mut l4 = client
             .into_any()
             .downcast::<L4Stream>()
-            .expect("checked to be an L4 stream");
+            .expect("a plain connection is an L4 stream");
         l4.rewind(read);
         return l4;
     }
@@ -86,7 +82,7 @@ fn put_back(client: Stream, read: &[u8]) -> Stream {
 
 /// A stream whose first bytes are `read[at..]`, then the inner stream's.
 #[derive(Debug)]
-pub(super) struct Rewound {
+struct Rewound {
     read: Vec<u8>,
     at: usize,
     inner: Stream,

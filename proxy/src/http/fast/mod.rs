@@ -277,8 +277,7 @@ impl ServerApp for FastApp {
                 return ServerApp::process_new(&self.full, stream, shutdown).await;
             }
         }
-        let counted = &self.control.metrics().connections;
-        if tls { &counted.tls } else { &counted.plain }.inc();
+        self.control.metrics().connections.fast(tls);
         self.connection(stream, tls, shutdown).await
     }
 }
@@ -308,7 +307,6 @@ impl FastApp {
     ) -> Option<Stream> {
         // A TLS request is never sent to https: it is there.
         let redirect_to = if tls { None } else { self.redirect_to };
-        let park_after = self.park_after;
         let (forwarding, peer, client_ip) = self.forwarding_of(&client);
         let mut buf = BytesMut::new();
         let idle = tokio::time::sleep(self.keepalive);
@@ -352,11 +350,11 @@ impl FastApp {
                     if keep {
                         buf.reserve(READ_CHUNK);
                     }
-                    let wait = park_after.unwrap_or(self.keepalive);
+                    let wait = self.park_after.unwrap_or(self.keepalive);
                     let mut read =
                         idle_read(&mut client, keep, &mut buf, &mut first, wait, idle.as_mut())
                             .await;
-                    if let (Err(_), Some(waited)) = (&read, park_after) {
+                    if let (Err(_), Some(waited)) = (&read, self.park_after) {
                         // Silent for `waited` already: the rest of its keep-alive time is left.
                         let left = self.keepalive - waited;
                         let parking = if tls { None } else { self.parking(shutdown) };
@@ -426,7 +424,9 @@ impl FastApp {
                 }
                 // Boxed: Pingora's session future is large, and inline it would size every
                 // connection's task.
-                Head::Handover => return Box::pin(self.hand_over(client, &buf, shutdown)).await,
+                Head::Handover => {
+                    return Box::pin(self.hand_over(client, tls, &buf, shutdown)).await
+                }
             };
             if let Err(r) = self.rate.check(req.path.get(&buf), client_ip) {
                 let started = head_started.unwrap_or_else(Instant::now);
