@@ -28,6 +28,7 @@ use crate::slots::certs::{install_crypto_provider, Certs};
 use crate::slots::metrics::Metrics;
 use crate::statics::StaticFiles;
 use crate::wire::access_log::AccessLog;
+use crate::wire::rate_limit::RateLimits;
 use crate::SlotName;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::ExecutionPhase;
@@ -92,13 +93,16 @@ impl App {
         let mut server = Server::new_with_opt_and_conf(opt, conf);
 
         let statics = Arc::new(StaticFiles::new(&config.statics));
-        let full = http_proxy(
-            &server.configuration,
-            Bascule::new(control.clone(), statics.clone(), log.clone()),
-        );
+        // One count per client and prefix, whichever path serves the request.
+        let rate = Arc::new(RateLimits::new(
+            &config.rate_limits,
+            &control.metrics().rate_limited,
+        ));
+        let service = Bascule::new(control.clone(), statics.clone(), log.clone(), rate.clone());
+        let full = http_proxy(&server.configuration, service.clone());
         let mut proxy = Service::new(
             "bascule proxy".to_string(),
-            FastApp::new(control.clone(), statics, full, log),
+            FastApp::new(control.clone(), statics, full, service, log, rate),
         );
         for addr in &config.listen {
             // The fast path reads into its own buffer and writes whole responses at once:

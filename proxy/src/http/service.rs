@@ -4,6 +4,7 @@
 //! prefix scan of the routes, one member pick, one peer clone. No logging, no formatting, no
 //! allocation of our own beyond what Pingora asks for (the boxed peer).
 
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -20,19 +21,21 @@ use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::control::Control;
-use crate::slots::choice::{Asked, SlotPolicy};
+use crate::slots::choice::{Asked, Choice, SlotPolicy};
 use crate::slots::counters::InflightGuard;
 use crate::slots::routing::Routing;
 use crate::statics::StaticFiles;
 use crate::wire::access_log::{AccessLog, Entry, LogRequest};
 use crate::wire::compress::{self, Compression, Encoder, Facts, Negotiated, Plan};
-use crate::wire::headers::EdgeHeaders;
+use crate::wire::headers::{EdgeHeaders, RouteHeaders};
 use crate::wire::rate_limit::RateLimits;
 use crate::wire::retry::{self, Failure, Retries};
-use crate::wire::{error_body, forward, pingora};
+use crate::wire::{error_body, forward, pingora, Reject};
 use crate::SlotName;
 
-/// The proxy service.
+/// The proxy service. Cloned for the HTTP/2 loop, which serves in-memory static answers with
+/// the same policy (`super::h2`); the clones share their state (rate counts, log, snapshot).
+#[derive(Clone)]
 pub struct Bascule {
     control: Arc<Control>,
     slot_header: Option<Bytes>,
@@ -45,8 +48,8 @@ pub struct Bascule {
     log: Option<Arc<AccessLog>>,
     /// `[headers]`, with the slot header.
     edge: EdgeHeaders,
-    /// `[[rate_limits]]`.
-    rate: RateLimits,
+    /// `[[rate_limits]]`, counted once for every path.
+    rate: Arc<RateLimits>,
     /// `[preview]` and `[canary]`.
     slots: SlotPolicy,
     /// `[compression]`, when on.
@@ -55,11 +58,12 @@ pub struct Bascule {
 
 impl Bascule {
     /// A proxy over `control`'s snapshots, serving static routes with `statics`, logging
-    /// every request to `log`.
-    pub fn new(
+    /// every request to `log`, counting requests against `rate` (shared with the fast path).
+    pub(crate) fn new(
         control: Arc<Control>,
         statics: Arc<StaticFiles>,
         log: Option<Arc<AccessLog>>,
+        rate: Arc<RateLimits>,
     ) -> Bascule {
         let config = control.config();
         Bascule {
@@ -73,7 +77,7 @@ impl Bascule {
             forwarding: config.forwarding.clone(),
             redirect_to: crate::wire::redirect_port(&config),
             edge: EdgeHeaders::new(&config.headers, config.server.slot_header.as_deref()),
-            rate: RateLimits::new(&config.rate_limits, &control.metrics().rate_limited),
+            rate,
             slots: SlotPolicy::new(config.preview.as_ref(), &config.canary),
             compression: Compression::new(&config.compression),
             control,
@@ -115,13 +119,123 @@ impl Bascule {
         asked
     }
 
-    /// Adds the sticky cookie naming the serving slot, when this response carries it.
-    fn sticky_cookie(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) {
-        if ctx.set_cookie {
-            let cookie = self.slots.set_cookie(ctx.slot);
+    /// Adds the sticky cookie naming `slot`, when this response carries it.
+    fn sticky_cookie(&self, resp: &mut ResponseHeader, slot: SlotName, set_cookie: bool) {
+        if set_cookie {
+            let cookie = self.slots.set_cookie(slot);
             let _ = resp.append_header(http::header::SET_COOKIE, cookie);
         }
     }
+
+    /// The answer to a head the policy refused, with the edge's headers.
+    pub(crate) fn refusal(&self, why: &Reject) -> Option<(ResponseHeader, Bytes)> {
+        let body = Bytes::from(format!("{why}\n"));
+        let mut resp = pingora::own_response_header(why.status(), body.len())?;
+        if let Some(s) = why.retry_after() {
+            let _ = resp.insert_header(http::header::RETRY_AFTER, s);
+        }
+        self.edge.apply(&[], &mut resp, false);
+        Some((resp, body))
+    }
+
+    /// The slot for an accepted request under `routing`, chosen without counting anything.
+    pub(crate) fn choose(&self, req: &RequestHeader, routing: &Routing, client: IpAddr) -> Choice {
+        let asked = self.asked(req, routing);
+        self.slots.choose(routing, asked, client)
+    }
+
+    /// Counts a request served by `choice` (in flight until the guard drops).
+    pub(crate) fn admit(&self, routing: &Routing, choice: Choice) -> InflightGuard {
+        if choice.preview {
+            self.control.metrics().preview_requests.inc();
+        }
+        routing.counters.enter(choice.slot)
+    }
+
+    /// The slot header, sticky cookie, route's and edge's headers on a static answer.
+    pub(crate) fn dress_static(
+        &self,
+        resp: &mut ResponseHeader,
+        choice: Choice,
+        route: &RouteHeaders,
+    ) {
+        self.tag(resp, choice.slot);
+        self.sticky_cookie(resp, choice.slot, choice.set_cookie);
+        self.edge.apply(route, resp, false);
+    }
+
+    /// The end of every request, whatever its outcome: metrics (of a request given to a slot)
+    /// and the access log line (of every request, refused ones too).
+    pub(crate) fn record(&self, done: Done) {
+        let elapsed = done.start.elapsed();
+        if let Some(slot) = done.slot {
+            self.control.metrics().observe(slot, done.status, elapsed);
+        }
+        let (Some(log), Some(request)) = (&self.log, done.request) else {
+            return;
+        };
+        log.log(Entry {
+            time: SystemTime::now() - elapsed,
+            client: done.client,
+            request,
+            status: done.status,
+            bytes: done.bytes,
+            duration: elapsed,
+            slot: done.slot,
+            upstream: done.upstream,
+        });
+    }
+
+    /// Runs the request policy on `req` from `client` without editing it: the verdict and the
+    /// edit for the upstream, or why it is refused.
+    pub(crate) fn check(
+        &self,
+        req: &RequestHeader,
+        client: Option<IpAddr>,
+        tls: bool,
+    ) -> std::result::Result<(pingora::Verdict, pingora::Edit), Reject> {
+        let mode = forward::mode(
+            &self.forwarding,
+            client.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        );
+        pingora::check_pingora(req, &self.limits, mode, client, tls, self.redirect_to)
+    }
+
+    /// `[[rate_limits]]` for an accepted request to `path`: counts it, or refuses it.
+    pub(crate) fn rate_check(&self, path: &str, client: IpAddr) -> std::result::Result<(), Reject> {
+        self.rate.check(path, client)
+    }
+
+    /// The routing snapshot now.
+    pub(crate) fn routing(&self) -> Arc<Routing> {
+        self.control.load()
+    }
+
+    /// The static file server.
+    pub(crate) fn statics(&self) -> &StaticFiles {
+        &self.statics
+    }
+
+    /// Whether requests are logged: the head is then copied as sent, before any rewrite.
+    pub(crate) fn logs(&self) -> bool {
+        self.log.is_some()
+    }
+}
+
+/// A finished request, for [`Bascule::record`].
+pub(crate) struct Done {
+    pub(crate) start: Instant,
+    pub(crate) client: Option<IpAddr>,
+    /// The head as sent; `None` when requests are not logged.
+    pub(crate) request: Option<Box<LogRequest>>,
+    /// 0 when no response head was written.
+    pub(crate) status: u16,
+    /// Body bytes written to the client.
+    pub(crate) bytes: u64,
+    /// The serving slot, once the request was given one.
+    pub(crate) slot: Option<SlotName>,
+    /// The upstream member that answered.
+    pub(crate) upstream: Option<String>,
 }
 
 /// What one request carries from hook to hook.
@@ -246,30 +360,18 @@ impl ProxyHttp for Bascule {
                     .map(|v| v.as_bytes()),
             );
         }
-        let mode = forward::mode(
-            &self.forwarding,
-            peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
-        );
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let client = peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let checked = pingora::check_and_rewrite(
-            session.req_header_mut(),
-            &self.limits,
-            mode,
-            peer,
-            tls,
-            self.redirect_to,
-        )
-        .and_then(|v| self.rate.check(&v.path, client).map(|()| v));
+        let checked = self
+            .check(session.req_header(), peer, tls)
+            .and_then(|(v, edit)| self.rate.check(&v.path, client).map(|()| (v, edit)));
         let verdict = match checked {
-            Ok(v) => v,
+            Ok((v, edit)) => {
+                edit.apply(session.req_header_mut());
+                v
+            }
             Err(why) => {
-                let body = Bytes::from(format!("{why}\n"));
-                if let Some(mut resp) = pingora::own_response_header(why.status(), body.len()) {
-                    if let Some(s) = why.retry_after() {
-                        let _ = resp.insert_header(http::header::RETRY_AFTER, s);
-                    }
-                    self.edge.apply(&[], &mut resp, false);
+                if let Some((resp, body)) = self.refusal(&why) {
                     let _ = session.write_error_response(resp, body).await;
                 }
                 return Ok(true);
@@ -287,15 +389,11 @@ impl ProxyHttp for Bascule {
         // Between two reads of the body, as the fast path waits for a head.
         session.set_read_timeout(Some(self.limits.body_timeout));
         let routing = self.control.load();
-        let asked = self.asked(session.req_header(), &routing);
-        let choice = self.slots.choose(&routing, asked, client);
-        if choice.preview {
-            self.control.metrics().preview_requests.inc();
-        }
+        let choice = self.choose(session.req_header(), &routing, client);
         let slot = choice.slot;
         ctx.slot = slot;
         ctx.set_cookie = choice.set_cookie;
-        ctx.guard = Some(routing.counters.enter(slot));
+        ctx.guard = Some(self.admit(&routing, choice));
         let (target, route) = routing.target(&verdict.path);
         ctx.route_headers = route.map(|r| r.headers.clone());
         if let (RouteTarget::Static, Some(route)) = (target, route) {
@@ -304,9 +402,7 @@ impl ProxyHttp for Bascule {
                 .statics
                 .respond(session, &routing, slot, &route)
                 .await?;
-            self.tag(&mut resp.header, slot);
-            self.sticky_cookie(&mut resp.header, ctx);
-            self.edge.apply(&route.headers, &mut resp.header, false);
+            self.dress_static(&mut resp.header, choice, &route.headers);
             resp.send(session).await?;
             ctx.routing = Some(routing);
             return Ok(true);
@@ -444,7 +540,7 @@ impl ProxyHttp for Bascule {
         let route = ctx.route_headers.as_deref().unwrap_or_default();
         self.edge.apply(route, upstream_response, true);
         self.tag(upstream_response, ctx.slot);
-        self.sticky_cookie(upstream_response, ctx);
+        self.sticky_cookie(upstream_response, ctx.slot, ctx.set_cookie);
         ctx.upstream_answered = true;
         if upstream_response.status == 101 {
             if let (Some(fd), Some(r)) = (ctx.upstream_fd.take(), &ctx.routing) {
@@ -519,30 +615,24 @@ impl ProxyHttp for Bascule {
     /// slot) and the access log line (of every request, refused ones too). The in-flight guard
     /// drops with the context right after.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let code = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.start.elapsed();
-        if ctx.guard.is_some() {
-            self.control.metrics().observe(ctx.slot, code, elapsed);
-        }
-        let Some(log) = &self.log else { return };
-        let request = ctx
-            .log_request
-            .take()
-            .unwrap_or_else(|| Box::new(LogRequest::from_pingora(session.req_header())));
+        let request = match (&self.log, ctx.log_request.take()) {
+            (None, _) => None,
+            (Some(_), Some(r)) => Some(r),
+            (Some(_), None) => Some(Box::new(LogRequest::from_pingora(session.req_header()))),
+        };
         let upstream = match (ctx.upstream_answered, ctx.member, &ctx.routing) {
             (true, Some(i), Some(r)) => r.slot(ctx.slot).pool.members().get(i),
             _ => None,
         };
-        log.log(Entry {
-            time: SystemTime::now() - elapsed,
+        self.record(Done {
+            start: ctx.start,
             client: session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
             request,
-            status: code,
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
             bytes: session.body_bytes_sent() as u64,
-            duration: elapsed,
             slot: ctx.guard.is_some().then_some(ctx.slot),
             upstream: upstream.map(|m| m.address.clone()),
         });

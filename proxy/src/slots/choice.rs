@@ -14,7 +14,7 @@ use crate::slots::routing::Routing;
 use crate::SlotName;
 
 /// `[preview]` and `[canary]`, prepared once for the request path.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SlotPolicy {
     /// Lower-case name of the preview header.
     preview_header: Option<Box<[u8]>>,

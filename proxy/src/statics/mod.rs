@@ -114,6 +114,19 @@ impl Conditions {
     }
 }
 
+/// A static answer found without the disk, or what the disk lookup starts from.
+enum Found {
+    Ready(StaticResponse),
+    Disk(Pending),
+}
+
+/// What a static request's disk lookup starts from.
+struct Pending {
+    rel: PathBuf,
+    hashed: bool,
+    cond: Conditions,
+}
+
 /// One static request's disk work, owned, for the blocking pool.
 struct Lookup {
     roots: Vec<PathBuf>,
@@ -193,28 +206,12 @@ impl StaticFiles {
         slot: SlotName,
         route: &Route,
     ) -> StaticResponse {
-        if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            let mut r = StaticResponse::error(405, "method not allowed\n");
-            let _ = r.header.insert_header(header::ALLOW, "GET, HEAD");
-            return r;
-        }
-        let rel = match resolve(req.uri.path()) {
-            Ok(rel) => rel,
-            Err(PathError::BadRequest) => return StaticResponse::error(400, "bad request\n"),
-            Err(PathError::NotFound) => return StaticResponse::error(404, "not found\n"),
+        let Pending { rel, hashed, cond } = match self.immediate(req, routing, slot) {
+            Found::Ready(resp) => return resp,
+            Found::Disk(pending) => pending,
         };
-        let hashed = is_hashed(&rel, self.hash_min_len);
         let own_root = routing.slot(slot).static_root.as_ref();
         let other_root = routing.slot(slot.other()).static_root.as_ref();
-        let cond = Conditions::of(req);
-        if hashed {
-            // A hashed asset kept in memory is answered here, before anything is copied.
-            for root in own_root.into_iter().chain(other_root) {
-                if let Some(cached) = self.cached(&root.join(&rel)) {
-                    return cached_response(&cond, &cached);
-                }
-            }
-        }
         let own = own_root.cloned();
         let roots: Vec<PathBuf> = if hashed {
             own.iter().chain(other_root).cloned().collect()
@@ -240,6 +237,51 @@ impl StaticFiles {
         tokio::task::spawn_blocking(move || lookup.run())
             .await
             .unwrap_or_else(|_| StaticResponse::error(500, "internal error\n"))
+    }
+
+    /// The response to `req` when it needs no disk access (a refused method or path, a hashed
+    /// asset kept in memory); `None` when only [`StaticFiles::answer`] can tell.
+    pub fn answer_now(
+        &self,
+        req: &RequestHeader,
+        routing: &Routing,
+        slot: SlotName,
+    ) -> Option<StaticResponse> {
+        match self.immediate(req, routing, slot) {
+            Found::Ready(resp) => Some(resp),
+            Found::Disk(_) => None,
+        }
+    }
+
+    /// The response found without the disk, or what the disk lookup starts from.
+    fn immediate(&self, req: &RequestHeader, routing: &Routing, slot: SlotName) -> Found {
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            let mut r = StaticResponse::error(405, "method not allowed\n");
+            let _ = r.header.insert_header(header::ALLOW, "GET, HEAD");
+            return Found::Ready(r);
+        }
+        let rel = match resolve(req.uri.path()) {
+            Ok(rel) => rel,
+            Err(PathError::BadRequest) => {
+                return Found::Ready(StaticResponse::error(400, "bad request\n"))
+            }
+            Err(PathError::NotFound) => {
+                return Found::Ready(StaticResponse::error(404, "not found\n"))
+            }
+        };
+        let hashed = is_hashed(&rel, self.hash_min_len);
+        let cond = Conditions::of(req);
+        if hashed {
+            // A hashed asset kept in memory is answered here, before anything is copied.
+            let own_root = routing.slot(slot).static_root.as_ref();
+            let other_root = routing.slot(slot.other()).static_root.as_ref();
+            for root in own_root.into_iter().chain(other_root) {
+                if let Some(cached) = self.cached(&root.join(&rel)) {
+                    return Found::Ready(cached_response(&cond, &cached));
+                }
+            }
+        }
+        Found::Disk(Pending { rel, hashed, cond })
     }
 
     fn cached(&self, full: &Path) -> Option<Arc<Cached>> {

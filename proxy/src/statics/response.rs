@@ -8,6 +8,7 @@ use std::io::SeekFrom;
 use bytes::Bytes;
 use http::header;
 use pingora::proxy::Session;
+use pingora_core::protocols::http::v2::server::HttpSession as H2Session;
 use pingora_error::{ErrorType, OrErr, Result};
 use pingora_http::ResponseHeader;
 
@@ -182,3 +183,50 @@ where
     }
     Ok(())
 }
+
+impl StaticResponse {
+    /// Writes a response held in memory to an HTTP/2 stream without waiting: the stream's
+    /// flow control holds what the window does not take yet (a cached body is shared, not
+    /// copied). Returns the status written, 0 if the stream was gone; a file body is not
+    /// written here (the stream is reset): [`super::StaticFiles::answer_now`] gives none.
+    pub fn write_h2_now(self, session: &mut H2Session, head_only: bool) -> u16 {
+        let status = self.header.status.as_u16();
+        let body = match self.body {
+            _ if head_only => None,
+            Body::Empty => None,
+            Body::Bytes(b) => Some(b),
+            Body::File { .. } => return 0,
+        };
+        if session
+            .write_response_header(Box::new(self.header), body.is_none())
+            .is_err()
+        {
+            return 0;
+        }
+        if let (Some(mut b), Some(mut w)) = (body, session.take_response_body_writer()) {
+            // A small body goes in frames the codec copies into its write buffer, so that the
+            // responses answered together leave in one write (see `http::coalesce`); a larger
+            // one in frames as large as the peer allows.
+            let frame = if b.len() <= SMALL_BODY {
+                COPIED_FRAME
+            } else {
+                b.len()
+            };
+            while b.len() > frame {
+                if w.send_data(b.split_to(frame), false).is_err() {
+                    return 0;
+                }
+            }
+            if w.send_data(b, true).is_err() {
+                return 0;
+            }
+        }
+        status
+    }
+}
+
+/// Bodies up to this size are sent in [`COPIED_FRAME`]s.
+const SMALL_BODY: usize = 8 * 1024;
+/// The largest DATA frame the `h2` codec copies into its buffer on a stream that does not
+/// write vectored, rather than writing it out on its own.
+const COPIED_FRAME: usize = 1023;

@@ -21,30 +21,33 @@ pub(crate) struct Verdict {
     pub(crate) redirect: Option<String>,
 }
 
-/// Checks `req` like the fast path checks its heads and rewrites it for the upstream:
-/// normalised target, hop-by-hop headers and those `Connection` names removed, forwarded
-/// headers set (when `mode` is not `Off`), from a client at `peer`.
-pub(crate) fn check_and_rewrite(
-    req: &mut RequestHeader,
+/// Checks `req` like the fast path checks its heads, without editing it: the verdict, and the
+/// edit that makes it the upstream's head (normalised target, hop-by-hop headers and those
+/// `Connection` names removed, forwarded headers set when `mode` is not `Off`, for a client at
+/// `peer`). Editing apart lets the HTTP/2 loop see where a stream goes before either path
+/// takes it; the one that does edits it once.
+pub(crate) fn check_pingora(
+    req: &RequestHeader,
     limits: &LimitsConfig,
     mode: Forwarding,
     peer: Option<IpAddr>,
     tls: bool,
     redirect_to: Option<u16>,
-) -> Result<Verdict, Reject> {
+) -> Result<(Verdict, Edit), Reject> {
     let version = match req.version {
         http::Version::HTTP_10 | http::Version::HTTP_09 => Version::H10,
         http::Version::HTTP_2 | http::Version::HTTP_3 => Version::H2,
         _ => Version::H11,
     };
-    if version == Version::H2 && req.headers.get(http::header::HOST).is_none() {
-        // HTTP/2 names the host in `:authority`; the policy and the upstream read `Host`.
-        if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_string()) {
-            let _ = req.insert_header(http::header::HOST, authority);
+    // HTTP/2 names the host in `:authority`; the policy and the upstream read `Host`.
+    let authority = match version {
+        Version::H2 if req.headers.get(http::header::HOST).is_none() => {
+            req.uri.authority().map(|a| a.as_str().to_string())
         }
-    }
+        _ => None,
+    };
     let target = String::from_utf8_lossy(req.raw_path()).into_owned();
-    let headers: Vec<Header<'_>> = req
+    let mut headers: Vec<Header<'_>> = req
         .headers
         .iter()
         .map(|(n, v)| Header {
@@ -52,6 +55,12 @@ pub(crate) fn check_and_rewrite(
             value: v.as_bytes(),
         })
         .collect();
+    if let Some(a) = &authority {
+        headers.push(Header {
+            name: "host",
+            value: a.as_bytes(),
+        });
+    }
     let method = req.method.as_str();
     let head_len = method.len()
         + target.len()
@@ -69,7 +78,8 @@ pub(crate) fn check_and_rewrite(
         head_len,
     };
     let c = check(&head, limits, mode)?;
-    let edit = Edit::new(&head, &c, mode, peer, tls);
+    let mut edit = Edit::new(&head, &c, mode, peer, tls);
+    edit.authority = authority.clone();
     let redirect = match redirect_to.filter(|_| !tls) {
         Some(port) => Some(
             super::https_location(c.host, &c.target.path_and_query, port)
@@ -81,14 +91,14 @@ pub(crate) fn check_and_rewrite(
         path: c.target.path().to_string(),
         redirect,
     };
-    drop(headers);
-    edit.apply(req);
-    Ok(verdict)
+    Ok((verdict, edit))
 }
 
 /// The changes to make to a Pingora request header, owned so the header can be borrowed
 /// mutably once they are known.
-struct Edit {
+pub(crate) struct Edit {
+    /// An HTTP/2 request's `:authority`, as the `Host` it had none of.
+    authority: Option<String>,
     uri: Option<String>,
     host: Option<String>,
     remove: Vec<http::HeaderName>,
@@ -128,6 +138,7 @@ impl Edit {
             });
         }
         Edit {
+            authority: None,
             uri: rewritten.then(|| c.target.path_and_query.to_string()),
             host: c.target.authority.map(str::to_string),
             remove,
@@ -135,7 +146,10 @@ impl Edit {
         }
     }
 
-    fn apply(self, req: &mut RequestHeader) {
+    pub(crate) fn apply(self, req: &mut RequestHeader) {
+        if let Some(authority) = self.authority {
+            let _ = req.insert_header(http::header::HOST, authority);
+        }
         if let Some(uri) = self.uri.and_then(|u| u.parse::<http::Uri>().ok()) {
             req.set_uri(uri);
         }

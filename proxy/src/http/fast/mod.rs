@@ -12,7 +12,7 @@
 //! route — is handed over with the bytes already read put back ([`handover`]) to
 //! [`crate::http::service::Bascule`] for the rest of the connection; it applies the same
 //! policy. HTTP/1.x over TLS takes this path too (the loop reads and writes any Pingora
-//! stream); HTTP/2, chosen by ALPN, is served by the full proxy.
+//! stream); HTTP/2, chosen by ALPN, goes to [`crate::http::h2`].
 
 mod answer;
 mod body;
@@ -70,6 +70,8 @@ pub struct FastApp {
     control: Arc<Control>,
     statics: Arc<StaticFiles>,
     full: Arc<HttpProxy<Bascule>>,
+    /// The full proxy's policy, for the HTTP/2 streams answered in their connection's loop.
+    lean: Bascule,
     slot_header: Option<Vec<u8>>,
     /// `[server] keepalive_timeout`: how long an idle connection waits for its next request.
     keepalive: Duration,
@@ -92,8 +94,8 @@ pub struct FastApp {
     log: Option<Arc<AccessLog>>,
     /// `[headers]`, with the slot header.
     edge: EdgeHeaders,
-    /// `[[rate_limits]]`.
-    rate: RateLimits,
+    /// `[[rate_limits]]`, shared with the full proxy.
+    rate: Arc<RateLimits>,
     /// `[preview]` and `[canary]`.
     slots: SlotPolicy,
     /// `[compression]`, when on.
@@ -101,12 +103,15 @@ pub struct FastApp {
 }
 
 impl FastApp {
-    /// The fast path over `control`, handing over to `full`.
-    pub fn new(
+    /// The fast path over `control`, handing over to `full`, whose service `lean` is (HTTP/2
+    /// streams are served with it); `rate` is the full proxy's.
+    pub(crate) fn new(
         control: Arc<Control>,
         statics: Arc<StaticFiles>,
         full: HttpProxy<Bascule>,
+        lean: Bascule,
         log: Option<Arc<AccessLog>>,
+        rate: Arc<RateLimits>,
     ) -> FastApp {
         let config = control.config();
         let server = &config.server;
@@ -114,7 +119,6 @@ impl FastApp {
         let keepalive = server.keepalive_timeout;
         let upstream_idle_max = config.upstream.keepalive_pool;
         let park_after = Some(server.park_idle_after).filter(|&p| p < keepalive);
-        let rate = RateLimits::new(&config.rate_limits, &control.metrics().rate_limited);
         FastApp {
             slot_header,
             keepalive,
@@ -131,6 +135,7 @@ impl FastApp {
             control,
             statics,
             full: Arc::new(full),
+            lean,
             parking: OnceLock::new(),
             log,
             edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),
@@ -274,7 +279,8 @@ impl ServerApp for FastApp {
             }
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
                 self.control.metrics().connections.h2.inc();
-                return ServerApp::process_new(&self.full, stream, shutdown).await;
+                crate::http::h2::serve(stream, &self.full, &self.lean, shutdown).await;
+                return None;
             }
         }
         self.control.metrics().connections.fast(tls);

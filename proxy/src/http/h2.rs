@@ -1,0 +1,202 @@
+//! HTTP/2 connections (ALPN `h2` on https listeners): Bascule's accept loop over Pingora's
+//! HTTP/2 sessions.
+//!
+//! Pingora's own loop gives every stream a task running its full proxy. For a small static
+//! asset most of a stream's CPU time went to that machinery (a large future moved into a new
+//! task, the proxy's phases, a second conversion of the head), not to the answer. Here a
+//! stream whose answer needs neither an upstream nor the disk — a `GET` or `HEAD` without a
+//! body, accepted by the request policy, on a static route, its file kept in memory — is
+//! answered in the loop itself, by the same policy functions the full proxy calls
+//! ([`Bascule`]). Every other stream gets its task and the full proxy, untouched: nothing is
+//! counted or rewritten before it is handed on. The loop keeps what Pingora's does: its
+//! acceptance checks (streams are accepted through [`HttpSession::from_h2_conn`]), a budget of
+//! malformed streams per connection, and the graceful shutdown (GOAWAY, then the streams
+//! already sent are still served).
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bascule_config::RouteTarget;
+use pingora::proxy::HttpProxy;
+use pingora_core::apps::HttpServerApp;
+use pingora_core::protocols::http::v2::server::{handshake, H2Accept, HttpSession};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Digest;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+
+use crate::http::coalesce::Coalesced;
+use crate::http::service::{Bascule, Done};
+use crate::wire::access_log::LogRequest;
+
+/// Malformed streams a connection may open before it is closed, as Pingora's loop allows.
+const MAX_MALFORMED: usize = 32;
+
+/// Serves one HTTP/2 connection until the client closes it or the server shuts down.
+pub(crate) async fn serve(
+    stream: Stream,
+    full: &Arc<HttpProxy<Bascule>>,
+    lean: &Bascule,
+    shutdown: &ShutdownWatch,
+) {
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+    let client = digest
+        .socket_digest
+        .as_ref()
+        .and_then(|d| d.peer_addr())
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let stream: Stream = Box::new(Coalesced::new(stream));
+    let Ok(mut conn) = handshake(stream, full.h2_options.clone()).await else {
+        return;
+    };
+    let mut watch = shutdown.clone();
+    let (mut closing, mut malformed) = (false, 0);
+    // Streams accepted and not yet answered. The connection flushes what its streams have
+    // queued each time it runs out of frames to read: answered as each is accepted, every
+    // response would leave in its own write; answered once nothing more has arrived, those
+    // of one read leave together, as when each stream has its own task.
+    let mut accepted: Vec<HttpSession> = Vec::new();
+    loop {
+        let next = if !accepted.is_empty() {
+            match now(HttpSession::from_h2_conn(&mut conn, digest.clone())) {
+                Some(next) => next,
+                None => {
+                    for session in accepted.drain(..) {
+                        answer(session, full, lean, client, shutdown);
+                    }
+                    continue;
+                }
+            }
+        } else if closing {
+            HttpSession::from_h2_conn(&mut conn, digest.clone()).await
+        } else {
+            tokio::select! {
+                biased;
+                _ = watch.changed() => {
+                    // GOAWAY; the streams the client sent before it still come out of accept.
+                    conn.graceful_shutdown();
+                    closing = true;
+                    continue;
+                }
+                s = HttpSession::from_h2_conn(&mut conn, digest.clone()) => s,
+            }
+        };
+        match next {
+            // A client often leaves without closing HTTP/2 properly: nothing to report.
+            Err(_) | Ok(None) => return,
+            Ok(Some(H2Accept::Rejected)) => {
+                malformed += 1;
+                if malformed > MAX_MALFORMED {
+                    return;
+                }
+            }
+            Ok(Some(H2Accept::Session(s))) => accepted.push(s),
+        }
+    }
+}
+
+/// Answers `session` in place when it can be, else gives it a task and the full proxy.
+fn answer(
+    session: HttpSession,
+    full: &Arc<HttpProxy<Bascule>>,
+    lean: &Bascule,
+    client: Option<IpAddr>,
+    shutdown: &ShutdownWatch,
+) {
+    if let Some(session) = lean.answer_h2(session, client) {
+        let (full, shutdown) = (full.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            full.process_new_http(ServerSession::new_http2(session), &shutdown)
+                .await;
+        });
+    }
+}
+
+/// `f`'s output if it is ready at once; `f` is dropped otherwise (accepting a stream is
+/// cancel-safe: nothing is lost).
+fn now<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+impl Bascule {
+    /// Answers `session` here when its answer is ready without waiting (see the module's
+    /// doc); gives it back untouched otherwise, for the full proxy.
+    fn answer_h2(&self, mut session: HttpSession, client: Option<IpAddr>) -> Option<HttpSession> {
+        let start = Instant::now();
+        let req = session.req_header();
+        let head_only = req.method == http::Method::HEAD;
+        if !(head_only || req.method == http::Method::GET) || !session.is_body_empty() {
+            return Some(session);
+        }
+        // A refused head is answered by the full proxy, with the same policy.
+        let Ok((verdict, _)) = self.check(req, client, true) else {
+            return Some(session);
+        };
+        let routing = self.routing();
+        let (RouteTarget::Static, Some(route)) = routing.target(&verdict.path) else {
+            return Some(session);
+        };
+        let ip = client.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let choice = self.choose(req, &routing, ip);
+        let Some(mut resp) = self.statics().answer_now(req, &routing, choice.slot) else {
+            return Some(session);
+        };
+        // Answered here from now on: counted, logged, written.
+        let request = self.logs().then(|| Box::new(LogRequest::from_pingora(req)));
+        if let Err(why) = self.rate_check(&verdict.path, ip) {
+            let (mut status, mut len) = (0, 0);
+            if let Some((head, body)) = self.refusal(&why) {
+                let code = head.status.as_u16();
+                len = body.len() as u64;
+                if session.write_response_header(Box::new(head), false).is_ok() {
+                    status = code;
+                    if let Some(mut w) = session.take_response_body_writer() {
+                        let _ = w.send_data(body, true);
+                    }
+                }
+            }
+            self.record(done(start, client, request, status, len, None));
+            return None;
+        }
+        let _inflight = self.admit(&routing, choice);
+        self.dress_static(&mut resp.header, choice, &route.headers);
+        let bytes = resp.body_len(head_only);
+        let status = resp.write_h2_now(&mut session, head_only);
+        let slot = Some(choice.slot);
+        self.record(done(start, client, request, status, bytes, slot));
+        None
+    }
+}
+
+fn done(
+    start: Instant,
+    client: Option<IpAddr>,
+    request: Option<Box<LogRequest>>,
+    status: u16,
+    bytes: u64,
+    slot: Option<crate::SlotName>,
+) -> Done {
+    Done {
+        start,
+        client,
+        request,
+        status,
+        bytes: if status == 0 { 0 } else { bytes },
+        slot,
+        upstream: None,
+    }
+}
