@@ -160,6 +160,25 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
+/// A client config that accepts any certificate, offering `alpn`; only TLS 1.2 when
+/// `tls12_only`.
+pub fn client_config(alpn: &[&[u8]], tls12_only: bool) -> std::io::Result<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS12, &rustls::version::TLS13]
+    };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// A TLS connection to the proxy.
 pub struct TlsConn {
     stream: StreamOwned<ClientConnection, TcpStream>,
@@ -174,19 +193,7 @@ impl TlsConn {
         alpn: &[&[u8]],
         tls12_only: bool,
     ) -> std::io::Result<TlsConn> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
-            &[&rustls::version::TLS12]
-        } else {
-            &[&rustls::version::TLS12, &rustls::version::TLS13]
-        };
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .map_err(std::io::Error::other)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let config = client_config(alpn, tls12_only)?;
         let server = ServerName::try_from(name.to_string()).map_err(std::io::Error::other)?;
         let conn =
             ClientConnection::new(Arc::new(config), server).map_err(std::io::Error::other)?;

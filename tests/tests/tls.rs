@@ -271,20 +271,11 @@ fn plain_http_on_the_https_port_is_closed_and_harms_nothing() {
     );
 }
 
-/// `NAME{LABELS} VALUE` from the metrics text, where every one of `labels` is among LABELS.
-fn counter(text: &str, name: &str, labels: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[test]
 fn http1_over_tls_takes_the_fast_path_and_websockets_are_handed_over() {
     use bascule_tests::http::get as plain_get;
     use bascule_tests::ws::WsUpstream;
-    use bascule_tests::{wait_until, Upstream};
+    use bascule_tests::{counter, wait_until, Upstream};
 
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCert::make(dir.path(), &["a.test"]);

@@ -142,9 +142,11 @@ impl Bascule {
         if !(head_only || req.method == http::Method::GET) || !session.is_body_empty() {
             return Some(session);
         }
-        // A refused head is answered by the full proxy, with the same policy.
-        let Ok((verdict, _)) = self.check(req, client, true) else {
-            return Some(session);
+        // A refused head is answered by the full proxy, with the same policy; so is one whose
+        // target is not in normal form: the static files are looked up by the rewritten one.
+        let verdict = match self.check(req, client, true) {
+            Ok((verdict, edit)) if !edit.rewrites_target() => verdict,
+            _ => return Some(session),
         };
         let routing = self.routing();
         let (RouteTarget::Static, Some(route)) = routing.target(&verdict.path) else {

@@ -50,7 +50,7 @@ pub enum AccessLogError {
 pub(crate) struct LogRequest {
     method: String,
     target: String,
-    /// `HTTP/1.0` or `HTTP/1.1`; empty when the head could not be read.
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2.0`; empty when the head could not be read.
     version: &'static str,
     user_agent: Option<String>,
     referer: Option<String>,
@@ -117,12 +117,17 @@ impl LogRequest {
             .uri
             .path_and_query()
             .map_or_else(|| h.uri.path(), |p| p.as_str());
-        LogRequest::new(
+        let mut r = LogRequest::new(
             h.method.as_str(),
             target,
             h.version == http::Version::HTTP_10,
             h.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
-        )
+        );
+        if h.version == http::Version::HTTP_2 {
+            // As nginx logs `$request` of an HTTP/2 stream.
+            r.version = "HTTP/2.0";
+        }
+        r
     }
 }
 

@@ -146,6 +146,11 @@ impl Edit {
         }
     }
 
+    /// Whether the request target is rewritten (it was not in normal form).
+    pub(crate) fn rewrites_target(&self) -> bool {
+        self.uri.is_some()
+    }
+
     pub(crate) fn apply(self, req: &mut RequestHeader) {
         if let Some(authority) = self.authority {
             let _ = req.insert_header(http::header::HOST, authority);
