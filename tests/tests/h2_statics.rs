@@ -85,6 +85,9 @@ fn edge(extra: &str) -> Edge {
     }
 }
 
+/// A request's extra headers.
+type Headers<'a> = Vec<(&'a str, &'a str)>;
+
 /// The headers both paths must agree on: all but those of the connection and the clock.
 fn comparable(r: &Response) -> Vec<(String, String)> {
     let mut h: Vec<_> = r
@@ -105,7 +108,7 @@ fn static_answers_over_h2_match_the_fast_path() {
         .header("etag")
         .unwrap()
         .to_string();
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<(&str, &str, Headers<'_>)> = vec![
         ("GET", "/assets/one-0a1b2c3d.js", vec![]),
         ("HEAD", "/assets/one-0a1b2c3d.js", vec![]),
         (
