@@ -4,7 +4,8 @@
 //! - `tls-keepalive`: wrk over https, keep-alive GETs of the 1 KB asset.
 //! - `tls-handshake`: `openssl s_time -new`, a full handshake per connection (no session
 //!   reuse), TLS 1.3 and TLS 1.2, several clients at once; handshakes/s.
-//! - `h2`: h2load `-c 50 -m 10` (ALPN h2), GETs of the 1 KB asset.
+//! - `h2`: h2load `-c 50 -m 10` (ALPN h2), GETs of the 1 KB asset; `h2-proxy`: the same, proxied
+//!   to the upstream.
 
 use std::process::{Command, Output};
 
@@ -118,15 +119,22 @@ pub(crate) fn h2(lab: &Lab, opts: &Opts) -> anyhow::Result<Vec<Scenario>> {
         ));
     }
     let (nginx_pids, bascule_pids) = pids(lab);
-    let url = |addr| format!("https://{addr}{ASSET_1K}");
-    let (nginx_url, bascule_url) = (url(lab.nginx_tls_addr), url(lab.bascule_tls_addr));
-    let n = |secs| h2load(&nginx_url, secs);
-    let b = |secs| h2load(&bascule_url, secs);
-    let mut s = alternating("h2", opts, (&nginx_pids, &n), (&bascule_pids, &b))?;
-    for r in &mut s.rows {
-        r.note = "h2load -t1 -c50 -m10 (ALPN h2), 1 KB asset".into();
+    let mut out = Vec::new();
+    for (name, path, what) in [
+        ("h2", ASSET_1K, "1 KB asset"),
+        ("h2-proxy", "/", "proxied to the upstream"),
+    ] {
+        let url = |addr| format!("https://{addr}{path}");
+        let (nginx_url, bascule_url) = (url(lab.nginx_tls_addr), url(lab.bascule_tls_addr));
+        let n = |secs| h2load(&nginx_url, secs);
+        let b = |secs| h2load(&bascule_url, secs);
+        let mut s = alternating(name, opts, (&nginx_pids, &n), (&bascule_pids, &b))?;
+        for r in &mut s.rows {
+            r.note = format!("h2load -t1 -c50 -m10 (ALPN h2), {what}");
+        }
+        out.push(s);
     }
-    Ok(vec![s])
+    Ok(out)
 }
 
 /// h2load -t1 -c50 -m10 for `secs` on the load core.

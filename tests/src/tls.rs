@@ -93,12 +93,14 @@ impl TestCert {
 }
 
 /// A blue (`blue 1.0.0`) and a green (`green 1.1.0`) upstream and a proxy over them with an
-/// https listener serving `cert`; returns once a handshake with SNI `name` offering `alpn`
-/// agrees on `alpn`'s first protocol (or on any, for no `alpn`).
+/// https listener serving `cert` (and `/assets/` from `site` for both slots, when given);
+/// returns once a handshake with SNI `name` offering `alpn` agrees on `alpn`'s first protocol
+/// (or on any, for no `alpn`).
 pub fn https_two_slots(
     cert: &TestCert,
     name: &str,
     alpn: &[&[u8]],
+    site: Option<&Path>,
 ) -> (crate::Upstream, crate::Upstream, crate::Proxy, SocketAddr) {
     let blue = crate::Upstream::start("127.0.0.1:0", "blue", "1.0.0").expect("blue upstream");
     let green = crate::Upstream::start("127.0.0.1:0", "green", "1.1.0").expect("green upstream");
@@ -106,8 +108,16 @@ pub fn https_two_slots(
     let proxy = crate::Proxy::start(&crate::ProxyConfig {
         blue: vec![blue.addr()],
         green: vec![green.addr()],
+        blue_root: site.map(Path::to_path_buf),
+        green_root: site.map(Path::to_path_buf),
         listen: format!("https = [\"{https}\"]"),
-        extra: format!("[tls]\n{}", cert.toml()),
+        extra: match site {
+            Some(_) => format!(
+                "[[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n\n[tls]\n{}",
+                cert.toml()
+            ),
+            None => format!("[tls]\n{}", cert.toml()),
+        },
         ..crate::ProxyConfig::default()
     });
     let agreed = crate::wait_until(Duration::from_secs(10), || {

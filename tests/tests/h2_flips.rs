@@ -25,12 +25,21 @@ fn twenty_flips_during_h2load_fail_no_stream() {
     }
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCert::make(dir.path(), &["a.test"]);
-    let (blue, green, proxy, https) = https_two_slots(&cert, "a.test", &[b"h2"]);
+    // Half the streams proxied, half a static asset answered from memory in the connection's
+    // loop: both paths of an HTTP/2 stream see the flips.
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("assets")).unwrap();
+    std::fs::write(site.join("assets/app-0a1b2c3d.js"), vec![b'x'; 1024]).unwrap();
+    let (blue, green, proxy, https) = https_two_slots(&cert, "a.test", &[b"h2"], Some(&site));
 
     let out_path = dir.path().join("h2load.txt");
     let mut load = Command::new("h2load")
         .args(["-c", "50", "-m", "10", "-D", &LOAD_SECS.to_string()])
         .arg(format!("https://127.0.0.1:{}/", https.port()))
+        .arg(format!(
+            "https://127.0.0.1:{}/assets/app-0a1b2c3d.js",
+            https.port()
+        ))
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(Stdio::null())
         .spawn()

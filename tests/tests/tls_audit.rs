@@ -40,7 +40,7 @@ fn testssl_finds_nothing_high_or_critical() {
     // Issued by a CA testssl is told to trust, for 127.0.0.1: what is audited is the TLS
     // configuration, not a self-signed certificate's trust.
     let (cert, ca) = TestCert::issued(dir.path(), &["127.0.0.1", "localhost"]);
-    let (_blue, _green, _proxy, https) = https_two_slots(&cert, "localhost", &[]);
+    let (_blue, _green, _proxy, https) = https_two_slots(&cert, "localhost", &[], None);
 
     let json = dir.path().join("testssl.json");
     // Protocols, cipher categories, forward secrecy, server preference, server defaults
