@@ -22,6 +22,10 @@ pub(crate) const JSON_10K: &str = "/gz/data.json";
 pub(crate) const JSON_10K_PLAIN: &str = "/gzoff/data.json";
 /// gzip level of both fronts in `proxy-gzip`: Bascule's (wire/compress.rs).
 const GZIP_LEVEL: u32 = 5;
+/// Idle upstream connections each system keeps: nginx's `keepalive` and Bascule's
+/// `[upstream] keepalive_pool` (its default). With 500 streams in flight (`h2-proxy`) a smaller
+/// pool on one side would measure connection churn, not proxying.
+const UPSTREAM_POOL: usize = 256;
 
 /// External tools.
 pub(crate) struct Tools {
@@ -215,7 +219,7 @@ impl Lab {
                 "{}http {{ include /etc/nginx/mime.types; access_log off; {} keepalive_requests 100000000;\n\
                  client_max_body_size 0;\n\
                  sendfile on; tcp_nopush on; open_file_cache max=1000 inactive=60s;\n\
-                 upstream app {{ include {inc}; keepalive 64; keepalive_requests 100000000; }}\n\
+                 upstream app {{ include {inc}; keepalive {UPSTREAM_POOL}; keepalive_requests 100000000; }}\n\
                  server {{ listen 127.0.0.1:{front}; root {site};\n\
                    location /assets/ {{ expires 1y; add_header Cache-Control \"public, immutable\"; }}\n\
                    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
@@ -285,7 +289,8 @@ impl Lab {
                 &conf,
                 format!(
                     "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n{https}[server]\nthreads = 1\n[admin]\nsocket = \"{a}\"\n\
-                     [forwarding]\nx_forwarded = {edge}\n[limits]\nmax_body_bytes = 1073741824\n{access_log}{more}{tls}\
+                     [forwarding]\nx_forwarded = {edge}\n[limits]\nmax_body_bytes = 1073741824\n\
+                     [upstream]\nkeepalive_pool = {UPSTREAM_POOL}\n{access_log}{more}{tls}\
                      [slots.blue]\nupstreams = [\"{b}\"]\nstatic_root = \"{s}\"\n\
                      [slots.green]\nupstreams = [\"{g}\"]\nstatic_root = \"{s}\"\n\
                      [[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n",

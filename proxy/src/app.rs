@@ -78,7 +78,9 @@ impl App {
         let conf = ServerConf {
             threads: config.server.threads,
             work_stealing: config.server.work_stealing,
-            upstream_keepalive_pool_size: config.upstream.keepalive_pool,
+            // `keepalive_pool` is per member; Pingora's pool (the full proxy's) is one for all.
+            upstream_keepalive_pool_size: config.upstream.keepalive_pool
+                * (config.blue.upstreams.len() + config.green.upstreams.len()).max(1),
             // The grace period is cut short once nothing is in flight: see `App::run`.
             grace_period_seconds: Some(config.server.shutdown_grace.as_secs().max(1)),
             graceful_shutdown_timeout_seconds: Some(1),

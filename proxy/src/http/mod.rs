@@ -6,4 +6,5 @@ mod coalesce;
 pub mod fast;
 pub(crate) mod h2;
 pub mod service;
+mod upstream;
 mod wrap;

@@ -54,6 +54,9 @@ pub struct Bascule {
     slots: SlotPolicy,
     /// `[compression]`, when on.
     compression: Option<Compression>,
+    /// `[upstream] keepalive_pool`: idle connections kept per member by the HTTP/2 loop's
+    /// proxying, in the members' own pools (the fast path's).
+    pool_max: usize,
 }
 
 impl Bascule {
@@ -80,6 +83,7 @@ impl Bascule {
             rate,
             slots: SlotPolicy::new(config.preview.as_ref(), &config.canary),
             compression: Compression::new(&config.compression),
+            pool_max: config.upstream.keepalive_pool,
             control,
             log,
         }
@@ -99,7 +103,7 @@ impl Bascule {
 
     /// Adds the slot header to `resp`, when it is turned on.
     #[inline]
-    fn tag(&self, resp: &mut ResponseHeader, slot: SlotName) {
+    pub(crate) fn tag(&self, resp: &mut ResponseHeader, slot: SlotName) {
         if let Some(name) = &self.slot_header {
             let value = HeaderValue::from_static(slot.as_str());
             let _ = resp.insert_header(name.clone(), value);
@@ -120,7 +124,12 @@ impl Bascule {
     }
 
     /// Adds the sticky cookie naming `slot`, when this response carries it.
-    fn sticky_cookie(&self, resp: &mut ResponseHeader, slot: SlotName, set_cookie: bool) {
+    pub(crate) fn sticky_cookie(
+        &self,
+        resp: &mut ResponseHeader,
+        slot: SlotName,
+        set_cookie: bool,
+    ) {
         if set_cookie {
             let cookie = self.slots.set_cookie(slot);
             let _ = resp.append_header(http::header::SET_COOKIE, cookie);
@@ -135,6 +144,23 @@ impl Bascule {
             let _ = resp.insert_header(http::header::RETRY_AFTER, s);
         }
         self.edge.apply(&[], &mut resp, false);
+        Some((resp, body))
+    }
+
+    /// The proxy's own error answer (502, 503, 504) with the edge's and the route's headers,
+    /// and the slot header once the request was given a slot.
+    pub(crate) fn error_answer(
+        &self,
+        code: u16,
+        slot: Option<SlotName>,
+        route: &RouteHeaders,
+    ) -> Option<(ResponseHeader, Bytes)> {
+        let body = Bytes::from_static(error_body(code).as_bytes());
+        let mut resp = pingora::own_response_header(code, body.len())?;
+        if let Some(slot) = slot {
+            self.tag(&mut resp, slot);
+        }
+        self.edge.apply(route, &mut resp, false);
         Some((resp, body))
     }
 
@@ -214,6 +240,42 @@ impl Bascule {
     /// The static file server.
     pub(crate) fn statics(&self) -> &StaticFiles {
         &self.statics
+    }
+
+    /// Runs the request policy on `req` from `client` (over TLS) and writes the upstream's
+    /// HTTP/1.1 head for it into `out`, as the fast path would.
+    pub(crate) fn upstream_head(
+        &self,
+        req: &RequestHeader,
+        client: Option<IpAddr>,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<pingora::Verdict, Reject> {
+        let mode = forward::mode(
+            &self.forwarding,
+            client.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        );
+        pingora::upstream_h1(req, &self.limits, mode, client, true, out)
+    }
+
+    /// The edge's response headers (`[headers]`, the slot header).
+    pub(crate) fn edge(&self) -> &EdgeHeaders {
+        &self.edge
+    }
+
+    /// Whether the HTTP/2 loop may proxy a request itself: with `[compression]` on, the full
+    /// proxy does (it compresses per body piece).
+    pub(crate) fn proxies_h2(&self) -> bool {
+        self.compression.is_none()
+    }
+
+    /// Idle connections kept per upstream member.
+    pub(crate) fn pool_max(&self) -> usize {
+        self.pool_max
+    }
+
+    /// Whether `slot` takes traffic now (a slot that left duty gets no connection back).
+    pub(crate) fn takes_traffic(&self, slot: SlotName) -> bool {
+        self.control.takes_traffic(slot)
     }
 
     /// Whether requests are logged: the head is then copied as sent, before any rewrite.
@@ -594,16 +656,13 @@ impl ProxyHttp for Bascule {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = error_status(e);
-        if code > 0 {
-            let body = Bytes::from_static(error_body(code).as_bytes());
-            if let Some(mut resp) = pingora::own_response_header(code, body.len()) {
-                if ctx.guard.is_some() {
-                    self.tag(&mut resp, ctx.slot);
-                }
-                let route = ctx.route_headers.as_deref().unwrap_or_default();
-                self.edge.apply(route, &mut resp, false);
-                let _ = session.write_error_response(resp, body).await;
-            }
+        let slot = ctx.guard.is_some().then_some(ctx.slot);
+        let route = ctx.route_headers.as_deref().unwrap_or_default();
+        if let Some((resp, body)) = (code > 0)
+            .then(|| self.error_answer(code, slot, route))
+            .flatten()
+        {
+            let _ = session.write_error_response(resp, body).await;
         }
         FailToProxy {
             error_code: code,

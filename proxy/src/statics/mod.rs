@@ -45,6 +45,7 @@ mod variant;
 
 use cache::{AssetCache, Cached};
 pub use path::{is_hashed, resolve, PathError};
+pub(crate) use response::send_now;
 use response::Body;
 pub use response::StaticResponse;
 use variant::{accepted_encodings, Encoding};

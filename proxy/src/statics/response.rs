@@ -203,26 +203,40 @@ impl StaticResponse {
         {
             return 0;
         }
-        if let (Some(mut b), Some(mut w)) = (body, session.take_response_body_writer()) {
-            // A small body goes in frames the codec copies into its write buffer, so that the
-            // responses answered together leave in one write (see `http::coalesce`); a larger
-            // one in frames as large as the peer allows.
-            let frame = if b.len() <= SMALL_BODY {
-                COPIED_FRAME
-            } else {
-                b.len()
-            };
-            while b.len() > frame {
-                if w.send_data(b.split_to(frame), false).is_err() {
-                    return 0;
+        match body {
+            Some(b) => {
+                if send_now(session, b) {
+                    status
+                } else {
+                    0
                 }
             }
-            if w.send_data(b, true).is_err() {
-                return 0;
-            }
+            None => status,
         }
-        status
     }
+}
+
+/// Sends `b` as the whole body of `session`'s response, its head written, without waiting:
+/// the stream's flow control holds what the window does not take yet. False if the stream is
+/// gone.
+pub(crate) fn send_now(session: &mut H2Session, mut b: Bytes) -> bool {
+    let Some(mut w) = session.take_response_body_writer() else {
+        return false;
+    };
+    // A small body goes in frames the codec copies into its write buffer, so that the
+    // responses answered together leave in one write (see `http::coalesce`); a larger one in
+    // frames as large as the peer allows.
+    let frame = if b.len() <= SMALL_BODY {
+        COPIED_FRAME
+    } else {
+        b.len()
+    };
+    while b.len() > frame {
+        if w.send_data(b.split_to(frame), false).is_err() {
+            return false;
+        }
+    }
+    w.send_data(b, true).is_ok()
 }
 
 /// Bodies up to this size are sent in [`COPIED_FRAME`]s.

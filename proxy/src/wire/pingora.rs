@@ -19,6 +19,8 @@ pub(crate) struct Verdict {
     pub(crate) path: String,
     /// Where `[listen] redirect_http` sends it, when it is to be redirected.
     pub(crate) redirect: Option<String>,
+    /// The target was not in normal form: the upstream gets it rewritten.
+    pub(crate) rewritten: bool,
 }
 
 /// Checks `req` like the fast path checks its heads, without editing it: the verdict, and the
@@ -34,6 +36,61 @@ pub(crate) fn check_pingora(
     tls: bool,
     redirect_to: Option<u16>,
 ) -> Result<(Verdict, Edit), Reject> {
+    with_head(req, |head, authority| {
+        let c = check(head, limits, mode)?;
+        let mut edit = Edit::new(head, &c, mode, peer, tls);
+        edit.authority = authority.map(str::to_string);
+        let verdict = verdict(&c, tls, redirect_to)?;
+        Ok((verdict, edit))
+    })
+}
+
+/// Checks `req` the same way and writes the upstream's HTTP/1.1 head for it into `out`, as the
+/// fast path writes it ([`request::write_upstream_h1`]): for an HTTP/2 stream proxied from the
+/// HTTP/2 loop.
+pub(crate) fn upstream_h1(
+    req: &RequestHeader,
+    limits: &LimitsConfig,
+    mode: Forwarding,
+    peer: Option<IpAddr>,
+    tls: bool,
+    out: &mut Vec<u8>,
+) -> Result<Verdict, Reject> {
+    with_head(req, |head, _| {
+        let c = check(head, limits, mode)?;
+        request::write_upstream_h1(out, head, &c, |out| {
+            if let (Some(peer), false) = (peer, mode == Forwarding::Off) {
+                Forwarded::new(head.headers, &c, &Peer::new(peer), tls).write_h1(out);
+            }
+        });
+        verdict(&c, tls, None)
+    })
+}
+
+/// What the routing reads of a checked head.
+fn verdict(c: &Checked<'_>, tls: bool, redirect_to: Option<u16>) -> Result<Verdict, Reject> {
+    let redirect = match redirect_to.filter(|_| !tls) {
+        Some(port) => Some(
+            super::https_location(c.host, &c.target.path_and_query, port)
+                .ok_or(Reject::BadRequest("no Host to redirect to"))?,
+        ),
+        None => None,
+    };
+    Ok(Verdict {
+        path: c.target.path().to_string(),
+        redirect,
+        rewritten: rewritten(c),
+    })
+}
+
+/// Whether the target is not in normal form (the upstream gets it rewritten).
+fn rewritten(c: &Checked<'_>) -> bool {
+    matches!(c.target.path_and_query, std::borrow::Cow::Owned(_)) || c.target.authority.is_some()
+}
+
+/// Calls `f` with `req` as the policy reads heads, and the `Host` an HTTP/2 request names in
+/// `:authority` only.
+fn with_head<R>(req: &RequestHeader, f: impl FnOnce(&RequestHead<'_>, Option<&str>) -> R) -> R {
     let version = match req.version {
         http::Version::HTTP_10 | http::Version::HTTP_09 => Version::H10,
         http::Version::HTTP_2 | http::Version::HTTP_3 => Version::H2,
@@ -42,11 +99,11 @@ pub(crate) fn check_pingora(
     // HTTP/2 names the host in `:authority`; the policy and the upstream read `Host`.
     let authority = match version {
         Version::H2 if req.headers.get(http::header::HOST).is_none() => {
-            req.uri.authority().map(|a| a.as_str().to_string())
+            req.uri.authority().map(|a| a.as_str())
         }
         _ => None,
     };
-    let target = String::from_utf8_lossy(req.raw_path()).into_owned();
+    let target = String::from_utf8_lossy(req.raw_path());
     let mut headers: Vec<Header<'_>> = req
         .headers
         .iter()
@@ -55,7 +112,7 @@ pub(crate) fn check_pingora(
             value: v.as_bytes(),
         })
         .collect();
-    if let Some(a) = &authority {
+    if let Some(a) = authority {
         headers.push(Header {
             name: "host",
             value: a.as_bytes(),
@@ -77,21 +134,7 @@ pub(crate) fn check_pingora(
         headers: &headers,
         head_len,
     };
-    let c = check(&head, limits, mode)?;
-    let mut edit = Edit::new(&head, &c, mode, peer, tls);
-    edit.authority = authority.clone();
-    let redirect = match redirect_to.filter(|_| !tls) {
-        Some(port) => Some(
-            super::https_location(c.host, &c.target.path_and_query, port)
-                .ok_or(Reject::BadRequest("no Host to redirect to"))?,
-        ),
-        None => None,
-    };
-    let verdict = Verdict {
-        path: c.target.path().to_string(),
-        redirect,
-    };
-    Ok((verdict, edit))
+    f(&head, authority)
 }
 
 /// The changes to make to a Pingora request header, owned so the header can be borrowed
@@ -113,8 +156,6 @@ impl Edit {
         peer: Option<IpAddr>,
         tls: bool,
     ) -> Edit {
-        let rewritten = matches!(c.target.path_and_query, std::borrow::Cow::Owned(_))
-            || c.target.authority.is_some();
         let mut remove = Vec::new();
         for (i, h) in head.headers.iter().enumerate() {
             // Pingora frames the body itself from these, and `Host` stays unless replaced.
@@ -139,16 +180,11 @@ impl Edit {
         }
         Edit {
             authority: None,
-            uri: rewritten.then(|| c.target.path_and_query.to_string()),
+            uri: rewritten(c).then(|| c.target.path_and_query.to_string()),
             host: c.target.authority.map(str::to_string),
             remove,
             set,
         }
-    }
-
-    /// Whether the request target is rewritten (it was not in normal form).
-    pub(crate) fn rewrites_target(&self) -> bool {
-        self.uri.is_some()
     }
 
     pub(crate) fn apply(self, req: &mut RequestHeader) {
@@ -180,6 +216,30 @@ pub(crate) fn own_response_header(code: u16, body_len: usize) -> Option<Response
         http::header::DATE,
         httpdate::fmt_http_date(std::time::SystemTime::now()),
     );
+    Some(resp)
+}
+
+/// An upstream response head as [`super::response::parse_response`] wrote it (canonical, no
+/// blank line) as a Pingora header, for an HTTP/2 stream: the framing headers HTTP/2 has no
+/// use for are left out. `None` if a header cannot be carried (never for a head that parsed).
+pub(crate) fn response_from_h1(head: &[u8]) -> Option<ResponseHeader> {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status_line = lines.next()?;
+    let code = status_line.get(9..12)?;
+    let code: u16 = std::str::from_utf8(code).ok()?.parse().ok()?;
+    let mut resp = ResponseHeader::build(code, Some(8)).ok()?;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let at = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..at], line[at + 1..].trim_ascii_start());
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            continue;
+        }
+        let name = http::HeaderName::from_bytes(name).ok()?;
+        let value = http::HeaderValue::from_bytes(value).ok()?;
+        resp.append_header(name, value).ok()?;
+    }
     Some(resp)
 }
 

@@ -18,8 +18,8 @@ use crate::wire::chunked::Chunked;
 use crate::wire::request::Body;
 use crate::wire::Reject;
 
-use super::upstream::{head_in, Exchange, Seen};
 use super::READ_CHUNK;
+use crate::http::upstream::{head_in, Exchange, Seen, Sink};
 
 /// The body of one request, as far as it has been read.
 pub(super) struct Incoming {
@@ -162,7 +162,7 @@ async fn answered(
         Ok(n) if n > 0 => {}
         _ => return Err(BodyError::Upstream),
     }
-    match head_in(ubuf, client, head_request, drop, out).await {
+    match head_in(ubuf, &mut Sink::H1(client), head_request, drop, out).await {
         Ok(Seen::Final(_)) => Ok(true),
         Ok(Seen::Partial) => Ok(false),
         Err(_) => Err(BodyError::Upstream),

@@ -12,8 +12,8 @@ use crate::wire::compress::{self, Compression, Encoder, Facts, Negotiated, Plan}
 use crate::wire::response::{Framing, ResponseHead};
 use crate::wire::retry::Failure;
 
-use super::upstream::{Exchange, Relayed};
 use super::READ_CHUNK;
+use crate::http::upstream::{Exchange, Relayed};
 
 /// Applies the policy to the canonical head in `out` (rewritten in place when it changes);
 /// the encoder when the body is to be compressed.
@@ -109,11 +109,7 @@ pub(super) async fn relay(
     out: &mut Vec<u8>,
     ubuf: &mut BytesMut,
 ) -> Result<Relayed, Failure> {
-    let broken = |sent| Relayed {
-        upstream_ok: false,
-        client_ok: false,
-        sent,
-    };
+    let broken = Relayed::broken;
     let mut body = Payload {
         framing: head.framing,
         left: match head.framing {
@@ -166,5 +162,6 @@ pub(super) async fn relay(
         upstream_ok,
         client_ok,
         sent,
+        whole: true,
     })
 }

@@ -21,7 +21,6 @@ mod handover;
 mod park;
 mod proxying;
 mod request;
-mod upstream;
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -41,6 +40,7 @@ use tokio::net::TcpStream;
 
 use crate::control::Control;
 use crate::http::service::Bascule;
+use crate::http::upstream::READ_CHUNK;
 use crate::slots::choice::SlotPolicy;
 use crate::slots::routing::{Member, Routing};
 use crate::statics::StaticFiles;
@@ -56,14 +56,10 @@ use body::Incoming;
 use park::Parking;
 use request::{Head, Policy, Request};
 
-/// Longest response head the fast path reads from an upstream.
-const MAX_HEAD: usize = 64 * 1024;
 /// Bytes read before a request's buffer exists.
 const FIRST_READ: usize = 512;
 /// Smallest request buffer.
 const IDLE_BUF: usize = 1024;
-/// Read size for both sides.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// The listener's application: the fast path in front of Pingora's full proxy.
 pub struct FastApp {
@@ -71,7 +67,7 @@ pub struct FastApp {
     statics: Arc<StaticFiles>,
     full: Arc<HttpProxy<Bascule>>,
     /// The full proxy's policy, for the HTTP/2 streams answered in their connection's loop.
-    lean: Bascule,
+    lean: Arc<Bascule>,
     slot_header: Option<Vec<u8>>,
     /// `[server] keepalive_timeout`: how long an idle connection waits for its next request.
     keepalive: Duration,
@@ -135,7 +131,7 @@ impl FastApp {
             control,
             statics,
             full: Arc::new(full),
-            lean,
+            lean: Arc::new(lean),
             parking: OnceLock::new(),
             log,
             edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),

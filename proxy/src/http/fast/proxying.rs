@@ -13,8 +13,8 @@ use crate::SlotName;
 
 use super::body::{self, BodyError, Streamed};
 use super::request::Request;
-use super::upstream::{self, Exchange};
 use super::{compress, Answered, FastApp, Next, Relay, READ_CHUNK};
+use crate::http::upstream::{self, Exchange, Sink};
 
 impl FastApp {
     /// Relays the request to a member of `slot` and the response back, trying other members
@@ -116,8 +116,15 @@ impl FastApp {
                 }
             }
         }
-        let h = upstream::read_head(&mut ex, client, req.head_method, &drop, &mut ubuf, &mut out)
-            .await?;
+        let h = upstream::read_head(
+            &mut ex,
+            &mut Sink::H1(client),
+            req.head_method,
+            &drop,
+            &mut ubuf,
+            &mut out,
+        )
+        .await?;
         // An HTTP/1.0 client reads no chunked framing: the body goes decoded, ended by close
         // (the framing header is the last line of the head as rewritten).
         let decode = req.h10 && h.framing == Framing::Chunked;
@@ -148,7 +155,8 @@ impl FastApp {
             Some(e) => compress::relay(&mut ex, client, &h, e, &mut out, &mut ubuf).await?,
             None => {
                 let start = upstream::start(&h, &ubuf[h.len..], &mut out, decode)?;
-                upstream::relay_body(&mut ex, client, &h, start, &out, &mut ubuf).await
+                upstream::relay_body(&mut ex, &mut Sink::H1(client), &h, start, &out, &mut ubuf)
+                    .await
             }
         };
         // A slot that left duty while this request ran does not get its connection back; a

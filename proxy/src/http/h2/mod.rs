@@ -3,15 +3,19 @@
 //!
 //! Pingora's own loop gives every stream a task running its full proxy. For a small static
 //! asset most of a stream's CPU time went to that machinery (a large future moved into a new
-//! task, the proxy's phases, a second conversion of the head), not to the answer. Here a
-//! stream whose answer needs neither an upstream nor the disk — a `GET` or `HEAD` without a
-//! body, accepted by the request policy, on a static route, its file kept in memory — is
-//! answered in the loop itself, by the same policy functions the full proxy calls
-//! ([`Bascule`]). Every other stream gets its task and the full proxy, untouched: nothing is
-//! counted or rewritten before it is handed on. The loop keeps what Pingora's does: its
-//! acceptance checks (streams are accepted through [`HttpSession::from_h2_conn`]), a budget of
-//! malformed streams per connection, and the graceful shutdown (GOAWAY, then the streams
-//! already sent are still served).
+//! task, the proxy's phases, a second conversion of the head), not to the answer; a proxied
+//! stream also took its upstream connection from Pingora's pool, beside the members' own. Here
+//! each stream is read by the same policy functions the full proxy calls ([`Bascule`]), then:
+//!
+//! - a `GET` or `HEAD` on a static route whose file is kept in memory is answered in the loop;
+//! - a request without a body that goes upstream is proxied in a task of its own the way the
+//!   fast path proxies ([`proxy`]): the same upstream head, pool, retries and response checks;
+//! - every other stream (a body, `CONNECT`, a refused head, `[compression]` on) gets its task
+//!   and the full proxy, untouched: nothing is counted or rewritten before it is handed on.
+//!
+//! The loop keeps what Pingora's does: its acceptance checks (streams are accepted through
+//! [`HttpSession::from_h2_conn`]), a budget of malformed streams per connection, and the
+//! graceful shutdown (GOAWAY, then the streams already sent are still served).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -28,6 +32,8 @@ use pingora_core::protocols::Digest;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 
+mod proxy;
+
 use crate::http::coalesce::Coalesced;
 use crate::http::service::{Bascule, Done};
 use crate::wire::access_log::LogRequest;
@@ -39,7 +45,7 @@ const MAX_MALFORMED: usize = 32;
 pub(crate) async fn serve(
     stream: Stream,
     full: &Arc<HttpProxy<Bascule>>,
-    lean: &Bascule,
+    lean: &Arc<Bascule>,
     shutdown: &ShutdownWatch,
 ) {
     let digest = Arc::new(Digest {
@@ -104,21 +110,39 @@ pub(crate) async fn serve(
     }
 }
 
-/// Answers `session` in place when it can be, else gives it a task and the full proxy.
+/// Answers `session` in place when it can be, proxies it in a task of its own when the loop
+/// can (see [`proxy`]), else gives it a task and the full proxy.
 fn answer(
     session: HttpSession,
     full: &Arc<HttpProxy<Bascule>>,
-    lean: &Bascule,
+    lean: &Arc<Bascule>,
     client: Option<IpAddr>,
     shutdown: &ShutdownWatch,
 ) {
-    if let Some(session) = lean.answer_h2(session, client) {
-        let (full, shutdown) = (full.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            full.process_new_http(ServerSession::new_http2(session), &shutdown)
-                .await;
-        });
+    match lean.answer_h2(session, client) {
+        Taken::Answered => {}
+        Taken::Proxied(p) => {
+            let lean = lean.clone();
+            tokio::spawn(async move { lean.proxy_h2(*p).await });
+        }
+        Taken::Full(session) => {
+            let (full, shutdown) = (full.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                full.process_new_http(ServerSession::new_http2(*session), &shutdown)
+                    .await;
+            });
+        }
     }
+}
+
+/// What the loop did with a stream.
+enum Taken {
+    /// Answered in the loop.
+    Answered,
+    /// To be proxied by the loop's own exchange, in a task.
+    Proxied(Box<proxy::Proxied>),
+    /// For the full proxy, untouched.
+    Full(Box<HttpSession>),
 }
 
 /// `f`'s output if it is ready at once; `f` is dropped otherwise (accepting a stream is
@@ -133,54 +157,80 @@ fn now<F: Future>(f: F) -> Option<F::Output> {
 }
 
 impl Bascule {
-    /// Answers `session` here when its answer is ready without waiting (see the module's
-    /// doc); gives it back untouched otherwise, for the full proxy.
-    fn answer_h2(&self, mut session: HttpSession, client: Option<IpAddr>) -> Option<HttpSession> {
+    /// Answers `session` here when its answer is ready without waiting, prepares it for the
+    /// loop's proxying when it goes upstream without a body (see the module's doc); gives it
+    /// back untouched otherwise, for the full proxy.
+    fn answer_h2(&self, mut session: HttpSession, client: Option<IpAddr>) -> Taken {
         let start = Instant::now();
         let req = session.req_header();
-        let head_only = req.method == http::Method::HEAD;
-        if !(head_only || req.method == http::Method::GET) || !session.is_body_empty() {
-            return Some(session);
+        if !session.is_body_empty() || req.method == http::Method::CONNECT {
+            return Taken::Full(Box::new(session));
         }
-        // A refused head is answered by the full proxy, with the same policy; so is one whose
-        // target is not in normal form: the static files are looked up by the rewritten one.
-        let verdict = match self.check(req, client, true) {
-            Ok((verdict, edit)) if !edit.rewrites_target() => verdict,
-            _ => return Some(session),
+        // A refused head is answered by the full proxy, with the same policy.
+        let mut head = Vec::with_capacity(256);
+        let Ok(verdict) = self.upstream_head(req, client, &mut head) else {
+            return Taken::Full(Box::new(session));
         };
         let routing = self.routing();
-        let (RouteTarget::Static, Some(route)) = routing.target(&verdict.path) else {
-            return Some(session);
-        };
         let ip = client.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         let choice = self.choose(req, &routing, ip);
-        let Some(mut resp) = self.statics().answer_now(req, &routing, choice.slot) else {
-            return Some(session);
+        let head_only = req.method == http::Method::HEAD;
+        let idempotent = crate::wire::retry::idempotent(req.method.as_str());
+        let (target, route) = routing.target(&verdict.path);
+        let answer = match target {
+            // The static files are looked up by the target in normal form.
+            RouteTarget::Static
+                if !verdict.rewritten && (head_only || req.method == http::Method::GET) =>
+            {
+                match self.statics().answer_now(req, &routing, choice.slot) {
+                    Some(resp) => Ok(resp),
+                    None => return Taken::Full(Box::new(session)),
+                }
+            }
+            RouteTarget::Upstream if self.proxies_h2() => Err(route.map(|r| r.headers.clone())),
+            _ => return Taken::Full(Box::new(session)),
         };
-        // Answered here from now on: counted, logged, written.
+        // Taken here from now on: counted, logged, answered.
         let request = self.logs().then(|| Box::new(LogRequest::from_pingora(req)));
         if let Err(why) = self.rate_check(&verdict.path, ip) {
             let (mut status, mut len) = (0, 0);
             if let Some((head, body)) = self.refusal(&why) {
                 let code = head.status.as_u16();
                 len = body.len() as u64;
-                if session.write_response_header(Box::new(head), false).is_ok() {
+                if session.write_response_header(Box::new(head), false).is_ok()
+                    && crate::statics::send_now(&mut session, body)
+                {
                     status = code;
-                    if let Some(mut w) = session.take_response_body_writer() {
-                        let _ = w.send_data(body, true);
-                    }
                 }
             }
             self.record(done(start, client, request, status, len, None));
-            return None;
+            return Taken::Answered;
         }
-        let _inflight = self.admit(&routing, choice);
-        self.dress_static(&mut resp.header, choice, &route.headers);
-        let bytes = resp.body_len(head_only);
-        let status = resp.write_h2_now(&mut session, head_only);
-        let slot = Some(choice.slot);
-        self.record(done(start, client, request, status, bytes, slot));
-        None
+        let inflight = self.admit(&routing, choice);
+        match answer {
+            Ok(mut resp) => {
+                let route = route.map_or(&[][..], |r| &r.headers[..]);
+                self.dress_static(&mut resp.header, choice, route);
+                let bytes = resp.body_len(head_only);
+                let status = resp.write_h2_now(&mut session, head_only);
+                let slot = Some(choice.slot);
+                self.record(done(start, client, request, status, bytes, slot));
+                Taken::Answered
+            }
+            Err(route) => Taken::Proxied(Box::new(proxy::Proxied {
+                session,
+                start,
+                client,
+                request,
+                choice,
+                routing,
+                _inflight: inflight,
+                route,
+                head,
+                head_only,
+                idempotent,
+            })),
+        }
     }
 }
 

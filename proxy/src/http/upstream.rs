@@ -1,11 +1,13 @@
-//! One upstream exchange of the fast path, in three steps: send the request head on a
-//! provably idle pooled connection or a fresh one ([`send`]), read and rewrite the response
-//! head ([`read_head`]), relay the body by its framing ([`relay_body`]).
+//! One upstream exchange over HTTP/1.1, in three steps: send the request head on a provably
+//! idle pooled connection or a fresh one ([`send`]), read and rewrite the response head
+//! ([`read_head`]), relay the body by its framing ([`relay_body`]) to a [`Sink`]: the client's
+//! connection on the fast path, an HTTP/2 stream in the HTTP/2 loop.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use pingora_core::protocols::http::v2::server::HttpSession as H2Session;
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,14 +19,54 @@ use crate::wire::response::{parse_response, Framing, Parsed, ResponseHead};
 use crate::wire::retry::Failure;
 use crate::SlotName;
 
-use super::{MAX_HEAD, READ_CHUNK};
+/// Longest response head read from an upstream.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Read size for both sides.
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
+
+/// Where a response goes: the client's connection (the fast path), or an HTTP/2 stream (the
+/// HTTP/2 loop, which writes the head itself and has no interim responses).
+pub(crate) enum Sink<'c> {
+    H1(&'c mut Stream),
+    H2(&'c mut H2Session),
+}
+
+impl Sink<'_> {
+    /// Writes all of `bytes`; false when the client is gone.
+    async fn put(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            Sink::H1(s) => s.write_all(bytes).await.is_ok(),
+            Sink::H2(s) if bytes.is_empty() => true,
+            Sink::H2(s) => s
+                .write_body(Bytes::copy_from_slice(bytes), false)
+                .await
+                .is_ok(),
+        }
+    }
+
+    /// Sends what has been written; false when the client is gone.
+    async fn flush(&mut self) -> bool {
+        match self {
+            Sink::H1(s) => s.flush().await.is_ok(),
+            // The connection's task writes what the streams queue.
+            Sink::H2(_) => true,
+        }
+    }
+
+    /// An interim response (100, 103), rewritten, blank line included.
+    async fn interim(&mut self, head: &[u8]) {
+        if let Sink::H1(s) = self {
+            let _ = s.write_all(head).await;
+        }
+    }
+}
 
 /// An upstream connection carrying one request.
-pub(super) struct Exchange<'r> {
-    pub(super) conn: Registered<'r>,
+pub(crate) struct Exchange<'r> {
+    pub(crate) conn: Registered<'r>,
     /// It came from the pool (a failure before any response byte may mean it went stale).
-    pub(super) reused: bool,
-    pub(super) read_timeout: Duration,
+    pub(crate) reused: bool,
+    pub(crate) read_timeout: Duration,
 }
 
 impl Exchange<'_> {
@@ -41,7 +83,7 @@ impl Exchange<'_> {
 
 /// Opens (or reuses) a connection to `member`, registers it with `slot`'s exchanges and
 /// writes the request head.
-pub(super) async fn send<'r>(
+pub(crate) async fn send<'r>(
     member: &Member,
     exchanges: &'r Exchanges,
     slot: SlotName,
@@ -73,7 +115,7 @@ pub(super) async fn send<'r>(
 }
 
 /// What the start of an upstream buffer holds of the response.
-pub(super) enum Seen {
+pub(crate) enum Seen {
     /// Not a whole head yet.
     Partial,
     /// The final response head, rewritten into `out`.
@@ -83,9 +125,9 @@ pub(super) enum Seen {
 /// Parses the response head at the start of `ubuf`: interim responses (1xx but 101) are
 /// rewritten, relayed to the client and removed; a final head is rewritten into `out`.
 /// `drop`: the header names the upstream may not set.
-pub(super) async fn head_in(
+pub(crate) async fn head_in(
     ubuf: &mut BytesMut,
-    client: &mut Stream,
+    client: &mut Sink<'_>,
     head_request: bool,
     drop: &(dyn Fn(&[u8]) -> bool + Sync),
     out: &mut Vec<u8>,
@@ -100,7 +142,7 @@ pub(super) async fn head_in(
             // follows.
             Parsed::Head(h) if (100..200).contains(&h.status) => {
                 out.extend_from_slice(b"\r\n");
-                let _ = client.write_all(out).await;
+                client.interim(out).await;
                 let _ = ubuf.split_to(h.len);
             }
             Parsed::Head(h) => return Ok(Seen::Final(h)),
@@ -110,9 +152,9 @@ pub(super) async fn head_in(
 
 /// Reads the response head into `ubuf` (which may hold its start already); writes it,
 /// rewritten, to `out`.
-pub(super) async fn read_head(
+pub(crate) async fn read_head(
     ex: &mut Exchange<'_>,
-    client: &mut Stream,
+    client: &mut Sink<'_>,
     head_request: bool,
     drop: &(dyn Fn(&[u8]) -> bool + Sync),
     ubuf: &mut BytesMut,
@@ -134,18 +176,32 @@ pub(super) async fn read_head(
 }
 
 /// How relaying a body ended.
-pub(super) struct Relayed {
+pub(crate) struct Relayed {
     /// The upstream connection may go back to the pool.
-    pub(super) upstream_ok: bool,
+    pub(crate) upstream_ok: bool,
     /// The client connection may serve another request.
-    pub(super) client_ok: bool,
+    pub(crate) client_ok: bool,
     /// Body bytes written to the client.
-    pub(super) sent: u64,
+    pub(crate) sent: u64,
+    /// The body reached its end as framed (a close-delimited one, the upstream's close).
+    pub(crate) whole: bool,
+}
+
+impl Relayed {
+    /// Relaying failed after `sent` bytes: neither connection goes on.
+    pub(crate) fn broken(sent: u64) -> Relayed {
+        Relayed {
+            upstream_ok: false,
+            client_ok: false,
+            sent,
+            whole: false,
+        }
+    }
 }
 
 /// Where the body stands once the head is read: how much of the bytes read with the head
 /// belong to it, whether that is all of it, and the chunked parser's state.
-pub(super) struct Start {
+pub(crate) struct Start {
     /// Bytes after the response came with it: the upstream is out of step.
     trailing: bool,
     in_buf: usize,
@@ -157,11 +213,19 @@ pub(super) struct Start {
     decode: bool,
 }
 
+impl Start {
+    /// When the whole body came with the head: whether nothing followed it (the upstream is
+    /// still in step).
+    pub(crate) fn whole(&self) -> Option<bool> {
+        self.done.then_some(!self.trailing)
+    }
+}
+
 /// Follows the framing over the body bytes that came with the head; a malformed chunked body
 /// is found here, while a 502 can still be sent.
 /// The body bytes that belong to the response are appended to `out` (decoded from chunked
 /// framing when `decode`).
-pub(super) fn start(
+pub(crate) fn start(
     head: &ResponseHead,
     body: &[u8],
     out: &mut Vec<u8>,
@@ -236,9 +300,9 @@ pub(super) fn start(
 
 /// Sends `out` (the rewritten head and the body bytes read with it), then relays the rest of
 /// the body by `head.framing`.
-pub(super) async fn relay_body(
+pub(crate) async fn relay_body(
     ex: &mut Exchange<'_>,
-    client: &mut Stream,
+    client: &mut Sink<'_>,
     head: &ResponseHead,
     start: Start,
     out: &[u8],
@@ -255,12 +319,8 @@ pub(super) async fn relay_body(
     // Bytes past the response mean the upstream is out of step: never reuse it.
     let mut upstream_ok = !head.close && !trailing;
     let mut sent = 0;
-    if client.write_all(out).await.is_err() {
-        return Relayed {
-            upstream_ok: false,
-            client_ok: false,
-            sent,
-        };
+    if !client.put(out).await {
+        return Relayed::broken(sent);
     }
     sent += in_out as u64;
     let mut decoded = Vec::new();
@@ -269,12 +329,8 @@ pub(super) async fn relay_body(
         _ => u64::MAX,
     };
     while !done {
-        if client.flush().await.is_err() {
-            return Relayed {
-                upstream_ok: false,
-                client_ok: false,
-                sent,
-            };
+        if !client.flush().await {
+            return Relayed::broken(sent);
         }
         ubuf.clear();
         ubuf.reserve(READ_CHUNK);
@@ -282,13 +338,13 @@ pub(super) async fn relay_body(
         let n = match tokio::time::timeout(ex.read_timeout, read).await {
             Ok(Ok(n)) if n > 0 => n,
             // EOF ends a close-delimited body: the client connection closes to mark its end.
-            _ => {
+            Ok(Ok(0)) if head.framing == Framing::UntilClose => {
                 return Relayed {
-                    upstream_ok: false,
-                    client_ok: false,
-                    sent,
+                    whole: true,
+                    ..Relayed::broken(sent)
                 }
             }
+            _ => return Relayed::broken(sent),
         };
         let chunk = &ubuf[..n];
         decoded.clear();
@@ -304,13 +360,7 @@ pub(super) async fn relay_body(
                     end
                 }
                 Ok(None) => n,
-                Err(_) => {
-                    return Relayed {
-                        upstream_ok: false,
-                        client_ok: false,
-                        sent,
-                    }
-                }
+                Err(_) => return Relayed::broken(sent),
             },
             (None, Framing::Length(_)) => {
                 let take = (n as u64).min(left) as usize;
@@ -322,20 +372,17 @@ pub(super) async fn relay_body(
         };
         upstream_ok &= take == n;
         let relay = if decode { &decoded[..] } else { &chunk[..take] };
-        if client.write_all(relay).await.is_err() {
-            return Relayed {
-                upstream_ok: false,
-                client_ok: false,
-                sent,
-            };
+        if !client.put(relay).await {
+            return Relayed::broken(sent);
         }
         sent += relay.len() as u64;
     }
-    let client_ok = client.flush().await.is_ok();
+    let client_ok = client.flush().await;
     Relayed {
         upstream_ok,
         client_ok,
         sent,
+        whole: true,
     }
 }
 
