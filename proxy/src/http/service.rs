@@ -584,6 +584,10 @@ impl ProxyHttp for Bascule {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Refused as the fast path refuses it: a 502, the connection not reused.
+        if let Some(why) = pingora::refused_response(upstream_response, session.is_upgrade_req()) {
+            return Error::e_explain(ErrorType::HTTPStatus(502), why);
+        }
         // An HTTP/1.0 client reads no chunked framing: without it Pingora writes the body
         // decoded and delimited by the close, as the fast path does.
         if session.req_header().version == http::Version::HTTP_10

@@ -243,6 +243,28 @@ pub(crate) fn response_from_h1(head: &[u8]) -> Option<ResponseHeader> {
     Some(resp)
 }
 
+/// Why the full proxy must refuse an upstream response head the fast path refuses too
+/// ([`super::response::parse_response`]): a transfer coding other than a final `chunked`, or a
+/// `101` to a request that asked for no upgrade. `None` when it may be relayed.
+pub(crate) fn refused_response(resp: &ResponseHeader, upgrade_asked: bool) -> Option<&'static str> {
+    if resp.status == 101 && !upgrade_asked {
+        return Some("101 to a request that asked for no upgrade");
+    }
+    let mut codings = resp.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(v), None) => {
+            let mut tokens = request::tokens(v.as_bytes());
+            let only_chunked = tokens
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+                && tokens.next().is_none();
+            (!only_chunked).then_some("a transfer coding other than chunked")
+        }
+        (Some(_), Some(_)) => Some("two Transfer-Encoding headers"),
+    }
+}
+
 /// Removes from an upstream response what the fast path does not relay either: hop-by-hop
 /// headers and those `Connection` names (an `Upgrade` of a 101 stays), `Content-Length` beside
 /// `Transfer-Encoding`, and `drop` (the slot header, which the proxy sets itself).

@@ -260,8 +260,8 @@ impl ServerApp for FastApp {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Plain TCP listeners hand over Pingora's L4 stream, https listeners a TLS stream:
-        // HTTP/1.x on either is served here; HTTP/2 (by ALPN) goes to the full proxy, which
-        // applies the same policy to each stream.
+        // HTTP/1.x on either is served here; HTTP/2 (by ALPN) by the HTTP/2 loop, which answers
+        // or proxies a stream itself only while the fast path is on (`[server] fast_path`).
         let tls = !stream.as_any().is::<L4Stream>();
         if tls {
             // `min_version = "1.3"`: the certificate resolver turns away clients that offer no
@@ -275,7 +275,8 @@ impl ServerApp for FastApp {
             }
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
                 self.control.metrics().connections.h2.inc();
-                crate::http::h2::serve(stream, &self.full, &self.lean, shutdown).await;
+                let lean = self.enabled.then_some(&self.lean);
+                crate::http::h2::serve(stream, &self.full, lean, shutdown).await;
                 return None;
             }
         }

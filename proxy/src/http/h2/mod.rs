@@ -41,11 +41,12 @@ use crate::wire::access_log::LogRequest;
 /// Malformed streams a connection may open before it is closed, as Pingora's loop allows.
 const MAX_MALFORMED: usize = 32;
 
-/// Serves one HTTP/2 connection until the client closes it or the server shuts down.
+/// Serves one HTTP/2 connection until the client closes it or the server shuts down; without
+/// `lean` (`[server] fast_path = false`) every stream goes to the full proxy.
 pub(crate) async fn serve(
     stream: Stream,
     full: &Arc<HttpProxy<Bascule>>,
-    lean: &Arc<Bascule>,
+    lean: Option<&Arc<Bascule>>,
     shutdown: &ShutdownWatch,
 ) {
     let digest = Arc::new(Digest {
@@ -115,14 +116,18 @@ pub(crate) async fn serve(
 fn answer(
     session: HttpSession,
     full: &Arc<HttpProxy<Bascule>>,
-    lean: &Arc<Bascule>,
+    lean: Option<&Arc<Bascule>>,
     client: Option<IpAddr>,
     shutdown: &ShutdownWatch,
 ) {
-    match lean.answer_h2(session, client) {
+    let taken = match lean {
+        Some(lean) => lean.answer_h2(session, client),
+        None => Taken::Full(Box::new(session)),
+    };
+    match taken {
         Taken::Answered => {}
         Taken::Proxied(p) => {
-            let lean = lean.clone();
+            let Some(lean) = lean.cloned() else { return };
             tokio::spawn(async move { lean.proxy_h2(*p).await });
         }
         Taken::Full(session) => {
