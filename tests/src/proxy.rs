@@ -79,6 +79,8 @@ pub struct ProxyConfig {
     pub extra: String,
     /// The state file (default: `state.json` in the proxy's temp dir).
     pub state: Option<PathBuf>,
+    /// `[server] threads` (default 2).
+    pub threads: Option<usize>,
 }
 
 /// Why a start failed.
@@ -146,7 +148,7 @@ impl ProxyConfig {
                 .unwrap_or_default()
         };
         format!(
-            "[listen]\nhttp = [\"{addr}\"]\n{listen}\n\n[server]\nthreads = 2\nshutdown_grace = \"5s\"\n{server}\n\
+            "[listen]\nhttp = [\"{addr}\"]\n{listen}\n\n[server]\nthreads = {threads}\nshutdown_grace = \"5s\"\n{server}\n\
              [admin]\nsocket = \"{d}/admin.sock\"\n\n[state]\npath = \"{state}\"\n\n\
              [slots.blue]\nupstreams = [{b}]\nversion = \"1.0.0\"\n{br}\n\
              [slots.green]\nupstreams = [{g}]\nversion = \"1.1.0\"\n{gr}\n\
@@ -160,6 +162,7 @@ impl ProxyConfig {
             br = root(&self.blue_root),
             gr = root(&self.green_root),
             extra = self.extra,
+            threads = self.threads.unwrap_or(2),
         )
     }
 }

@@ -74,9 +74,20 @@ impl Edge {
     }
 
     fn start_with(mode: Mode, up: ScriptedUpstream, extra: &str) -> Edge {
+        Edge::start_threads(mode, up, extra, None)
+    }
+
+    /// [`Edge::start_with`] with `[server] threads` set.
+    fn start_threads(
+        mode: Mode,
+        up: ScriptedUpstream,
+        extra: &str,
+        threads: Option<usize>,
+    ) -> Edge {
         let root = static_root();
         let extra = format!("{extra}\n{ROUTES}");
         let mut config = ProxyConfig::on_one_upstream(up.addr(), root.path(), mode, extra);
+        config.threads = threads;
         let (https, certs) = https_for(mode, &mut config).unzip();
         let proxy = Proxy::start(&config);
         if let Some(addr) = https {

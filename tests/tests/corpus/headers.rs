@@ -123,7 +123,11 @@ fn client_connection_close_does_not_close_the_pooled_upstream_connection() {
         // GETs and POSTs apart: in the default mode they take different paths, each with its
         // own upstream pool.
         for method in ["GET", "POST"] {
-            let edge = Edge::start(mode, echo, "");
+            // One thread: Pingora's pool (the full proxy's) sometimes fails to hand a
+            // connection released on one runtime to a request on another — its idle watcher
+            // still holds it for a moment ("failed to acquire reusable stream") and a new one
+            // is opened — a race this test is not about.
+            let edge = Edge::start_threads(mode, ScriptedUpstream::start(echo), "", Some(1));
             for i in 0..2 {
                 let bytes = if method == "GET" {
                     format!("GET /v/c{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -144,10 +148,8 @@ fn client_connection_close_does_not_close_the_pooled_upstream_connection() {
                         )
                     },
                 );
-                // Time for the connection to go back to the pool (part of the scenario; nothing
-                // outside shows when it has): generous, as debug builds under parallel tests
-                // have taken more than 50 ms.
-                std::thread::sleep(Duration::from_millis(250));
+                // Time for the connection to go back to the pool (part of the scenario).
+                std::thread::sleep(Duration::from_millis(50));
             }
             let conns = edge.up.traffic_connections();
             fails.check(mode, conns.len() == 1, || {
