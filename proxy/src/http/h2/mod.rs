@@ -150,6 +150,16 @@ enum Taken {
     Full(Box<HttpSession>),
 }
 
+/// How the loop answers a stream it takes.
+// A local of one call: boxing the static answer would cost an allocation per answer.
+#[allow(clippy::large_enum_variant)]
+enum Plan {
+    /// With this static answer, in memory.
+    Static(crate::statics::StaticResponse),
+    /// From the upstream, with the route's own response headers.
+    Upstream(Option<bascule_config::HeaderLines>),
+}
+
 /// `f`'s output if it is ready at once; `f` is dropped otherwise (accepting a stream is
 /// cancel-safe: nothing is lost).
 fn now<F: Future>(f: F) -> Option<F::Output> {
@@ -182,17 +192,19 @@ impl Bascule {
         let head_only = req.method == http::Method::HEAD;
         let idempotent = crate::wire::retry::idempotent(req.method.as_str());
         let (target, route) = routing.target(&verdict.path);
-        let answer = match target {
+        let plan = match target {
             // The static files are looked up by the target in normal form.
             RouteTarget::Static
                 if !verdict.rewritten && (head_only || req.method == http::Method::GET) =>
             {
                 match self.statics().answer_now(req, &routing, choice.slot) {
-                    Some(resp) => Ok(resp),
+                    Some(resp) => Plan::Static(resp),
                     None => return Taken::Full(Box::new(session)),
                 }
             }
-            RouteTarget::Upstream if self.proxies_h2() => Err(route.map(|r| r.headers.clone())),
+            RouteTarget::Upstream if self.proxies_h2() => {
+                Plan::Upstream(route.map(|r| r.headers.clone()))
+            }
             _ => return Taken::Full(Box::new(session)),
         };
         // Taken here from now on: counted, logged, answered.
@@ -212,8 +224,8 @@ impl Bascule {
             return Taken::Answered;
         }
         let inflight = self.admit(&routing, choice);
-        match answer {
-            Ok(mut resp) => {
+        match plan {
+            Plan::Static(mut resp) => {
                 let route = route.map_or(&[][..], |r| &r.headers[..]);
                 self.dress_static(&mut resp.header, choice, route);
                 let bytes = resp.body_len(head_only);
@@ -222,7 +234,7 @@ impl Bascule {
                 self.record(done(start, client, request, status, bytes, slot));
                 Taken::Answered
             }
-            Err(route) => Taken::Proxied(Box::new(proxy::Proxied {
+            Plan::Upstream(route) => Taken::Proxied(Box::new(proxy::Proxied {
                 session,
                 start,
                 client,
