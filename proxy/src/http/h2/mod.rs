@@ -120,23 +120,23 @@ fn answer(
     client: Option<IpAddr>,
     shutdown: &ShutdownWatch,
 ) {
-    let taken = match lean {
-        Some(lean) => lean.answer_h2(session, client),
-        None => Taken::Full(Box::new(session)),
+    let to_full = |session: HttpSession| {
+        let (full, shutdown) = (full.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            full.process_new_http(ServerSession::new_http2(session), &shutdown)
+                .await;
+        });
     };
-    match taken {
+    let Some(lean) = lean else {
+        return to_full(session);
+    };
+    match lean.answer_h2(session, client) {
         Taken::Answered => {}
         Taken::Proxied(p) => {
-            let Some(lean) = lean.cloned() else { return };
+            let lean = lean.clone();
             tokio::spawn(async move { lean.proxy_h2(*p).await });
         }
-        Taken::Full(session) => {
-            let (full, shutdown) = (full.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                full.process_new_http(ServerSession::new_http2(*session), &shutdown)
-                    .await;
-            });
-        }
+        Taken::Full(session) => to_full(*session),
     }
 }
 
