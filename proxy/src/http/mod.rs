@@ -2,6 +2,7 @@
 //! ([`service`]), and the HTTP/2 loop ([`h2`]) in front of the same. All call the same policy
 //! for what a request may be and what it becomes.
 
+mod attempts;
 mod coalesce;
 pub mod fast;
 pub(crate) mod h2;

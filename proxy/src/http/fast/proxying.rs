@@ -8,12 +8,13 @@ use crate::slots::routing::{Member, Routing};
 use crate::wire::date_line;
 use crate::wire::headers::RouteHeaders;
 use crate::wire::response::Framing;
-use crate::wire::retry::{Failure, Retries};
+use crate::wire::retry::Failure;
 use crate::SlotName;
 
 use super::body::{self, BodyError, Streamed};
 use super::request::Request;
 use super::{compress, Answered, FastApp, Next, Relay, READ_CHUNK};
+use crate::http::attempts::Attempts;
 use crate::http::upstream::{self, Exchange, Sink};
 
 impl FastApp {
@@ -30,39 +31,37 @@ impl FastApp {
         headers: &RouteHeaders,
         body: &mut Relay<'_>,
     ) -> Answered<'r> {
-        let pool = &routing.slot(slot).pool;
-        let epoch = routing.counters.exchanges.cut_epoch(slot);
-        let mut retries = Retries::default();
-        let mut fresh_only = false;
-        loop {
-            let Some(i) = pool.pick(retries.skip()) else {
-                let code = retries.exhausted_status();
-                return Answered::error(self.respond_error(client, slot, code, headers).await);
+        let mut tries = Attempts::new(routing, slot);
+        let code = loop {
+            let t = match tries.next() {
+                Ok(t) => t,
+                Err(code) => break code,
             };
-            let member = &pool.members()[i];
-            let failure = match self
+            let tried = self
                 .attempt(
-                    client, req, routing, slot, member, fresh_only, head, headers, body,
+                    client,
+                    req,
+                    routing,
+                    slot,
+                    t.member,
+                    t.fresh_only,
+                    head,
+                    headers,
+                    body,
                 )
-                .await
-            {
-                Ok(done) => return done,
-                Err(f) => f,
-            };
-            // A slot whose drain timed out is not retried on: its exchanges were cut on purpose.
-            if routing.counters.exchanges.cut_epoch(slot) != epoch {
-                return Answered::error(self.respond_error(client, slot, 503, headers).await);
-            }
+                .await;
             // Sent again only while the body is whole (it all went with the head).
             let replayable = req.idempotent && !body.started;
-            match retries.after(failure, i, pool.members().len(), replayable) {
-                Some(again) => fresh_only = again.fresh_only,
-                None => {
-                    let code = failure.status();
-                    return Answered::error(self.respond_error(client, slot, code, headers).await);
+            match tried {
+                Ok(done) => return done,
+                Err(f) => {
+                    if let Err(code) = tries.failed(f, replayable) {
+                        break code;
+                    }
                 }
             }
-        }
+        };
+        Answered::error(self.respond_error(client, slot, code, headers).await)
     }
 
     /// One attempt on `member`. Errors are returned only while nothing has reached the client.

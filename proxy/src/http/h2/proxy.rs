@@ -15,6 +15,7 @@ use bascule_config::HeaderLines;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::v2::server::HttpSession;
 
+use crate::http::attempts::Attempts;
 use crate::http::service::Bascule;
 use crate::http::upstream::{self, Exchange, Sink, READ_CHUNK};
 use crate::slots::choice::Choice;
@@ -23,7 +24,7 @@ use crate::slots::routing::{Member, Routing};
 use crate::wire::access_log::LogRequest;
 use crate::wire::pingora::response_from_h1;
 use crate::wire::response::Framing;
-use crate::wire::retry::{Failure, Retries};
+use crate::wire::retry::Failure;
 
 use super::done;
 
@@ -75,29 +76,22 @@ impl Bascule {
     }
 
     async fn exchange<'r>(&self, p: &mut Proxied, routing: &'r Routing) -> Outcome<'r> {
-        let slot = p.choice.slot;
-        let pool = &routing.slot(slot).pool;
-        let epoch = routing.counters.exchanges.cut_epoch(slot);
-        let mut retries = Retries::default();
-        let mut fresh_only = false;
-        loop {
-            let Some(i) = pool.pick(retries.skip()) else {
-                return self.fail(p, retries.exhausted_status());
+        let mut tries = Attempts::new(routing, p.choice.slot);
+        let code = loop {
+            let t = match tries.next() {
+                Ok(t) => t,
+                Err(code) => break code,
             };
-            let member = &pool.members()[i];
-            let failure = match self.attempt(p, routing, member, fresh_only).await {
+            match self.attempt(p, routing, t.member, t.fresh_only).await {
                 Ok(out) => return out,
-                Err(f) => f,
-            };
-            // A slot whose drain timed out is not retried on: its exchanges were cut on purpose.
-            if routing.counters.exchanges.cut_epoch(slot) != epoch {
-                return self.fail(p, 503);
+                Err(f) => {
+                    if let Err(code) = tries.failed(f, p.idempotent) {
+                        break code;
+                    }
+                }
             }
-            match retries.after(failure, i, pool.members().len(), p.idempotent) {
-                Some(again) => fresh_only = again.fresh_only,
-                None => return self.fail(p, failure.status()),
-            }
-        }
+        };
+        self.fail(p, code)
     }
 
     /// One attempt on `member`; errors are returned only while nothing has reached the client.

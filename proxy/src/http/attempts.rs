@@ -1,0 +1,71 @@
+//! The members one request is tried on, for every path that proxies itself (the fast path and
+//! the HTTP/2 loop): a slot's pool picked by the shared retry rules ([`crate::wire::retry`]),
+//! and no retry on a slot whose exchanges were cut by a drain timeout. A path keeps only its
+//! own way of sending and of answering the error.
+
+use crate::slots::routing::{Member, Routing};
+use crate::wire::retry::{Failure, Retries};
+use crate::SlotName;
+
+/// The attempts of one request on one slot.
+pub(crate) struct Attempts<'r> {
+    routing: &'r Routing,
+    slot: SlotName,
+    /// The slot's cut epoch when the request began.
+    epoch: u64,
+    retries: Retries,
+    fresh_only: bool,
+    /// The member of the attempt under way.
+    current: usize,
+}
+
+/// One attempt to make.
+pub(crate) struct Attempt<'r> {
+    pub(crate) member: &'r Member,
+    /// Open a fresh connection: a pooled one just turned out stale.
+    pub(crate) fresh_only: bool,
+}
+
+impl<'r> Attempts<'r> {
+    /// The first attempt is yet to be picked.
+    pub(crate) fn new(routing: &'r Routing, slot: SlotName) -> Attempts<'r> {
+        Attempts {
+            routing,
+            slot,
+            epoch: routing.counters.exchanges.cut_epoch(slot),
+            retries: Retries::default(),
+            fresh_only: false,
+            current: 0,
+        }
+    }
+
+    /// The member to try next, or the status to answer with when none is usable.
+    pub(crate) fn next(&mut self) -> Result<Attempt<'r>, u16> {
+        let pool = &self.routing.slot(self.slot).pool;
+        let i = pool
+            .pick(self.retries.skip())
+            .ok_or_else(|| self.retries.exhausted_status())?;
+        self.current = i;
+        Ok(Attempt {
+            member: &pool.members()[i],
+            fresh_only: self.fresh_only,
+        })
+    }
+
+    /// The attempt [`Attempts::next`] gave failed with `failure` before anything reached the
+    /// client; `Err(status)` when the request is to be answered with an error instead of tried
+    /// again. `replayable`: the request may be sent again (idempotent, body still whole).
+    pub(crate) fn failed(&mut self, failure: Failure, replayable: bool) -> Result<(), u16> {
+        // A slot whose drain timed out is not retried on: its exchanges were cut on purpose.
+        if self.routing.counters.exchanges.cut_epoch(self.slot) != self.epoch {
+            return Err(503);
+        }
+        let members = self.routing.slot(self.slot).pool.members().len();
+        let again = self
+            .retries
+            .after(failure, self.current, members, replayable)
+            .ok_or(failure.status())?;
+        self.fresh_only = again.fresh_only;
+        Ok(())
+    }
+}
