@@ -39,6 +39,11 @@ fn mid() -> Vec<u8> {
     (0..100 * 1024).map(|i| (i % 241) as u8).collect()
 }
 
+/// Cached (below `[static] cache_max_file`) and larger than a slow client's socket takes at once.
+fn wide() -> Vec<u8> {
+    (0..250 * 1024).map(|i| (i % 239) as u8).collect()
+}
+
 fn site() -> Site {
     let dirs = tempfile::tempdir().unwrap();
     let blue = dirs.path().join("blue");
@@ -57,6 +62,7 @@ fn site() -> Site {
     write(&blue.join("assets/style.css"), b"body{}");
     write(&blue.join("assets/big-0123abcd.bin"), &big());
     write(&blue.join("assets/mid-0123abcd.bin"), &mid());
+    write(&blue.join("assets/wide-0123abcd.bin"), &wide());
     std::os::unix::fs::symlink(dirs.path().join("secret.txt"), blue.join("assets/leak.txt"))
         .unwrap();
     std::os::unix::fs::symlink(dirs.path(), blue.join("up")).unwrap();
@@ -366,6 +372,70 @@ fn cached_hashed_files_above_one_buffer_come_whole_on_keep_alive() {
         c.get("/assets/app-3f9a1c2b.js", &[]).unwrap().text(),
         APP_JS
     );
+}
+
+/// Reads one response with a Content-Length body from `s`, `buf` holding what came before it.
+fn read_sized(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    while buf.len() < end + len {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed inside the body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[end..end + len].to_vec();
+    buf.drain(..end + len);
+    (head, body)
+}
+
+#[test]
+fn a_large_cached_asset_reaches_a_slow_reader_whole_and_in_order() {
+    // A client that asks for the asset many times in one go and waits before reading, with a
+    // small receive buffer: the socket takes the first answers at once, then fills, and the
+    // rest follows as the client reads. Every body must come whole, each response starting
+    // exactly where the one before it ends.
+    const TIMES: usize = 24;
+    let s = site();
+    let body = wide();
+    // Fills the cache: the pipelined answers come from it.
+    ok(&get(s.proxy.addr, "/assets/wide-0123abcd.bin").unwrap());
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.proxy.addr.into()).unwrap();
+    let mut c: std::net::TcpStream = sock.into();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reqs = b"GET /assets/wide-0123abcd.bin HTTP/1.1\r\nHost: x\r\n\r\n".repeat(TIMES);
+    reqs.extend_from_slice(b"GET /assets/app-3f9a1c2b.js HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::io::Write::write_all(&mut c, &reqs).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut buf = Vec::new();
+    for i in 0..TIMES {
+        let (head, got) = read_sized(&mut c, &mut buf);
+        assert!(head.starts_with("HTTP/1.1 200"), "answer {i}: {head}");
+        assert_eq!(got.len(), body.len(), "answer {i}");
+        assert!(got == body, "answer {i}: 250 KiB body corrupted");
+    }
+    let (head, got) = read_sized(&mut c, &mut buf);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(got, APP_JS.as_bytes());
+    assert!(buf.is_empty(), "bytes after the responses");
 }
 
 #[test]

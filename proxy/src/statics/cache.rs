@@ -7,16 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use lru::LruCache;
 use pingora_http::ResponseHeader;
 
+use super::sealed::Shared;
 use super::variant::Encoding;
 
 /// A hashed asset kept in memory: every representation with its header prepared.
 pub(super) struct Cached {
     /// Headers and bodies, identity first, then by preference.
-    pub(super) reps: Vec<(Encoding, ResponseHeader, Bytes)>,
+    pub(super) reps: Vec<(Encoding, ResponseHeader, Shared)>,
     pub(super) etag_identity: String,
     pub(super) last_modified: String,
 }
@@ -24,7 +24,7 @@ pub(super) struct Cached {
 impl Cached {
     /// Bytes of body it holds, all representations together.
     fn size(&self) -> usize {
-        self.reps.iter().map(|(_, _, b)| b.len()).sum()
+        self.reps.iter().map(|(_, _, b)| b.bytes.len()).sum()
     }
 }
 
@@ -87,7 +87,7 @@ mod tests {
     fn entry(len: usize) -> Arc<Cached> {
         let h = ResponseHeader::build(200, None).unwrap();
         Arc::new(Cached {
-            reps: vec![(Encoding::Identity, h, Bytes::from(vec![0u8; len]))],
+            reps: vec![(Encoding::Identity, h, Shared::new(vec![0u8; len]))],
             etag_identity: String::new(),
             last_modified: String::new(),
         })

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bascule_config::{Route, StaticConfig};
-use bytes::Bytes;
 use http::{header, HeaderValue};
 use pingora::proxy::Session;
 use pingora_error::Result;
@@ -41,6 +40,7 @@ const CHUNK: usize = 64 * 1024;
 mod cache;
 mod path;
 mod response;
+mod sealed;
 mod variant;
 
 use cache::{AssetCache, Cached};
@@ -351,11 +351,11 @@ impl Lookup {
         let ctype = content_type(full);
         let mut out = Vec::with_capacity(reps.len());
         for rep in reps {
-            let body = Bytes::from(std::fs::read(&rep.path).ok()?);
+            let body = sealed::Shared::new(std::fs::read(&rep.path).ok()?);
             let h = header_for(
                 200,
                 &ctype,
-                body.len() as u64,
+                body.bytes.len() as u64,
                 &etag(&rep.meta, rep.encoding),
                 &last_modified,
                 cache_control,
@@ -387,13 +387,20 @@ fn cached_response(cond: &Conditions, c: &Cached) -> StaticResponse {
         return StaticResponse::empty(not_modified_header(h));
     }
     if let (Some(range), Encoding::Identity) = (&cond.range, enc) {
-        return ranged(range.as_bytes(), h, body.len() as u64, |off, len| {
-            Body::Bytes(body.slice(off as usize..(off + len) as usize))
+        return ranged(range.as_bytes(), h, body.bytes.len() as u64, |off, len| {
+            Body::Bytes(body.bytes.slice(off as usize..(off + len) as usize))
         });
     }
+    let body = match &body.file {
+        Some(file) => Body::Sealed {
+            bytes: body.bytes.clone(),
+            file: file.clone(),
+        },
+        None => Body::Bytes(body.bytes.clone()),
+    };
     StaticResponse {
         header: h.clone(),
-        body: Body::Bytes(body.clone()),
+        body,
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::fs::File;
 use std::io::SeekFrom;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header;
@@ -25,7 +27,16 @@ pub struct StaticResponse {
 pub(super) enum Body {
     Empty,
     Bytes(Bytes),
-    File { file: File, offset: u64, len: u64 },
+    /// A cached body held in a sealed file too (see [`super::sealed`]).
+    Sealed {
+        bytes: Bytes,
+        file: Arc<OwnedFd>,
+    },
+    File {
+        file: File,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl StaticResponse {
@@ -59,7 +70,9 @@ impl StaticResponse {
         }
         match self.body {
             Body::Empty => Ok(()),
-            Body::Bytes(b) => session.write_response_body(Some(b), true).await,
+            Body::Bytes(b) | Body::Sealed { bytes: b, .. } => {
+                session.write_response_body(Some(b), true).await
+            }
             Body::File { file, offset, len } => {
                 let mut chunks = FileChunks::open(file, offset, len)
                     .await
@@ -85,14 +98,22 @@ impl StaticResponse {
         match &self.body {
             _ if head_only => 0,
             Body::Empty => 0,
-            Body::Bytes(b) => b.len() as u64,
+            Body::Bytes(b) | Body::Sealed { bytes: b, .. } => b.len() as u64,
             Body::File { len, .. } => *len,
         }
     }
 
     /// Writes the response in HTTP/1.1 wire format to `w` (the fast path's client), with
     /// `extra` header lines (each ending in CRLF) added; returns the status written.
-    pub async fn write_h1<W>(self, w: &mut W, head_only: bool, extra: &[u8]) -> std::io::Result<u16>
+    /// `socket`: `w`'s own descriptor when it is a plain TCP connection, for a sealed body to
+    /// be sent without a copy.
+    pub async fn write_h1<W>(
+        self,
+        w: &mut W,
+        head_only: bool,
+        extra: &[u8],
+        socket: Option<RawFd>,
+    ) -> std::io::Result<u16>
     where
         W: tokio::io::AsyncWrite + Unpin,
     {
@@ -118,6 +139,22 @@ impl StaticResponse {
                 w.write_all(&out).await?;
             }
             Body::Bytes(b) => write_all_vectored(w, &out, &b).await?,
+            Body::Sealed { bytes, file } => match socket {
+                Some(fd) => {
+                    // Nothing of `w` may be waiting in its buffer when the socket is written
+                    // directly.
+                    w.flush().await?;
+                    let head = super::sealed::send_head(fd, &out)?;
+                    let body = if head == out.len() {
+                        super::sealed::send_file(fd, &file, 0, bytes.len())?
+                    } else {
+                        0
+                    };
+                    // What the socket did not take now goes the usual way, which waits.
+                    write_all_vectored(w, &out[head..], &bytes[body..]).await?;
+                }
+                None => write_all_vectored(w, &out, &bytes).await?,
+            },
             Body::File { file, offset, len } => {
                 w.write_all(&out).await?;
                 let mut chunks = FileChunks::open(file, offset, len).await?;
@@ -174,6 +211,8 @@ where
     use tokio::io::AsyncWriteExt;
     let mut slices = [IoSlice::new(head), IoSlice::new(body)];
     let mut left: &mut [IoSlice<'_>] = &mut slices;
+    // Empty parts (all of it already sent) are no write at all.
+    IoSlice::advance_slices(&mut left, 0);
     while !left.is_empty() {
         let n = w.write_vectored(left).await?;
         if n == 0 {
@@ -194,7 +233,7 @@ impl StaticResponse {
         let body = match self.body {
             _ if head_only => None,
             Body::Empty => None,
-            Body::Bytes(b) => Some(b),
+            Body::Bytes(b) | Body::Sealed { bytes: b, .. } => Some(b),
             Body::File { .. } => return 0,
         };
         if session

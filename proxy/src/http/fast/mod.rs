@@ -511,8 +511,10 @@ impl FastApp {
                 if req.close {
                     extra.extend_from_slice(b"connection: close\r\n");
                 }
+                // A plain connection's descriptor, for a large cached body sent without a copy.
+                let socket = client.as_any().is::<L4Stream>().then(|| client.id());
                 let status = resp
-                    .write_h1(client, req.head_method, &extra)
+                    .write_h1(client, req.head_method, &extra, socket)
                     .await
                     .unwrap_or(0);
                 let next = if req.close || status == 0 {
