@@ -75,7 +75,7 @@ impl Scenario {
 /// The Markdown table.
 pub(crate) fn markdown(opts: &Opts, results: &[Scenario]) -> String {
     let mut out = format!(
-        "{} run(s) of {} s per system, alternating; one nginx worker and one Bascule thread on core 0; wrk -t1 -c50 and the upstream on core 1{}. \
+        "{} run(s) of {} s per system, alternating; one nginx worker and one Bascule thread on core 0; wrk -t1 -c50 and the upstream (one nginx worker, `return 200 \"ok\\n\"`) on core 1{}. \
          req/s per core: requests per CPU-second of the proxy's core; per-core ratio: Bascule's over nginx's.\n\n",
         opts.rounds,
         opts.duration,

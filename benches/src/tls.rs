@@ -65,7 +65,8 @@ pub(crate) fn handshake(lab: &Lab, opts: &Opts) -> anyhow::Result<Vec<Scenario>>
         let mut s = alternating(name, opts, (&nginx_pids, &n), (&bascule_pids, &b))?;
         for r in &mut s.rows {
             r.note = format!(
-                "handshakes/s: openssl s_time -new {flag}, {HANDSHAKE_CLIENTS} clients, ECDSA P-256"
+                "handshakes/s: openssl s_time -new {flag}, {HANDSHAKE_CLIENTS} clients, ECDSA P-256; {}",
+                r.note
             );
         }
         out.push(s);
@@ -130,7 +131,7 @@ pub(crate) fn h2(lab: &Lab, opts: &Opts) -> anyhow::Result<Vec<Scenario>> {
         let b = |secs| h2load(&bascule_url, secs);
         let mut s = alternating(name, opts, (&nginx_pids, &n), (&bascule_pids, &b))?;
         for r in &mut s.rows {
-            r.note = format!("h2load -t1 -c50 -m10 (ALPN h2), {what}");
+            r.note = format!("h2load -t1 -c50 -m10 (ALPN h2), {what}; {}", r.note);
         }
         out.push(s);
     }
