@@ -205,35 +205,29 @@ pub(crate) fn alternating(
     }
     // Every run beside the median, and each Bascule run over the nginx run just before it: the
     // machine's speed drifts by ±10% over minutes, and a pair shares the drift.
-    let runs = |rows: &[Row]| -> String {
-        let v: Vec<String> = rows.iter().map(|r| format!("{:.0}", r.rps)).collect();
+    let list = |xs: &mut dyn Iterator<Item = f64>, digits: usize| {
+        let v: Vec<String> = xs.map(|x| format!("{x:.digits$}")).collect();
         v.join(", ")
     };
-    let pairs: Vec<f64> = n
-        .iter()
-        .zip(&b)
-        .filter(|(n, _)| n.rps > 0.0)
-        .map(|(n, b)| b.rps / n.rps)
-        .collect();
-    let per_core: Vec<f64> = n
-        .iter()
-        .zip(&b)
-        .filter(|(_, b)| b.cpu_s_per_100k > 0.0)
-        .map(|(n, b)| n.cpu_s_per_100k / b.cpu_s_per_100k)
-        .collect();
-    let list = |xs: &[f64]| {
-        let v: Vec<String> = xs.iter().map(|x| format!("{x:.2}")).collect();
-        v.join(", ")
+    let runs = |rows: &[Row]| list(&mut rows.iter().map(|r| r.rps), 0);
+    // Bascule's figure over nginx's, pair by pair, where both have one.
+    let paired = |f: fn(&Row) -> Option<f64>| -> Vec<f64> {
+        n.iter()
+            .zip(&b)
+            .filter_map(|(n, b)| Some(f(b)? / f(n)?))
+            .collect()
     };
+    let pairs = paired(|r| (r.rps > 0.0).then_some(r.rps));
+    let per_core = paired(Row::rps_per_core);
     let (n_runs, b_runs) = (runs(&n), runs(&b));
     let by_rps = |r: &Row| r.rps;
     let mut rows = vec![median_by(n, by_rps), median_by(b, by_rps)];
     rows[0].note = format!("runs: {n_runs}");
     rows[1].note = format!(
         "runs: {b_runs}; each over nginx's run before it: {} (median {:.2}×), per core: {} (median {:.2}×)",
-        list(&pairs),
+        list(&mut pairs.iter().copied(), 2),
         median(&pairs),
-        list(&per_core),
+        list(&mut per_core.iter().copied(), 2),
         median(&per_core)
     );
     Ok(Scenario::new(name, rows))

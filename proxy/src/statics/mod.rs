@@ -391,16 +391,9 @@ fn cached_response(cond: &Conditions, c: &Cached) -> StaticResponse {
             Body::Bytes(body.bytes.slice(off as usize..(off + len) as usize))
         });
     }
-    let body = match &body.file {
-        Some(file) => Body::Sealed {
-            bytes: body.bytes.clone(),
-            file: file.clone(),
-        },
-        None => Body::Bytes(body.bytes.clone()),
-    };
     StaticResponse {
         header: h.clone(),
-        body,
+        body: Body::Cached(body.clone()),
     }
 }
 

@@ -4,8 +4,7 @@
 
 use std::fs::File;
 use std::io::SeekFrom;
-use std::os::fd::{OwnedFd, RawFd};
-use std::sync::Arc;
+use std::os::fd::RawFd;
 
 use bytes::Bytes;
 use http::header;
@@ -14,6 +13,7 @@ use pingora_core::protocols::http::v2::server::HttpSession as H2Session;
 use pingora_error::{ErrorType, OrErr, Result};
 use pingora_http::ResponseHeader;
 
+use super::sealed::{self, Shared};
 use super::{CHUNK, NO_CACHE};
 
 /// A response ready to be written.
@@ -27,11 +27,8 @@ pub struct StaticResponse {
 pub(super) enum Body {
     Empty,
     Bytes(Bytes),
-    /// A cached body held in a sealed file too (see [`super::sealed`]).
-    Sealed {
-        bytes: Bytes,
-        file: Arc<OwnedFd>,
-    },
+    /// A cached body, held in a sealed file too when large (see [`super::sealed`]).
+    Cached(Shared),
     File {
         file: File,
         offset: u64,
@@ -70,7 +67,7 @@ impl StaticResponse {
         }
         match self.body {
             Body::Empty => Ok(()),
-            Body::Bytes(b) | Body::Sealed { bytes: b, .. } => {
+            Body::Bytes(b) | Body::Cached(Shared { bytes: b, .. }) => {
                 session.write_response_body(Some(b), true).await
             }
             Body::File { file, offset, len } => {
@@ -98,7 +95,7 @@ impl StaticResponse {
         match &self.body {
             _ if head_only => 0,
             Body::Empty => 0,
-            Body::Bytes(b) | Body::Sealed { bytes: b, .. } => b.len() as u64,
+            Body::Bytes(b) | Body::Cached(Shared { bytes: b, .. }) => b.len() as u64,
             Body::File { len, .. } => *len,
         }
     }
@@ -139,22 +136,7 @@ impl StaticResponse {
                 w.write_all(&out).await?;
             }
             Body::Bytes(b) => write_all_vectored(w, &out, &b).await?,
-            Body::Sealed { bytes, file } => match socket {
-                Some(fd) => {
-                    // Nothing of `w` may be waiting in its buffer when the socket is written
-                    // directly.
-                    w.flush().await?;
-                    let head = super::sealed::send_head(fd, &out)?;
-                    let body = if head == out.len() {
-                        super::sealed::send_file(fd, &file, 0, bytes.len())?
-                    } else {
-                        0
-                    };
-                    // What the socket did not take now goes the usual way, which waits.
-                    write_all_vectored(w, &out[head..], &bytes[body..]).await?;
-                }
-                None => write_all_vectored(w, &out, &bytes).await?,
-            },
+            Body::Cached(c) => write_cached(w, &out, &c, socket).await?,
             Body::File { file, offset, len } => {
                 w.write_all(&out).await?;
                 let mut chunks = FileChunks::open(file, offset, len).await?;
@@ -202,6 +184,32 @@ impl FileChunks {
     }
 }
 
+/// Writes `head` then the cached body `c`: on a plain connection's `socket`, a sealed body
+/// goes by `sendfile` after the head, and only what a full socket did not take the usual way.
+async fn write_cached<W>(
+    w: &mut W,
+    head: &[u8],
+    c: &Shared,
+    socket: Option<RawFd>,
+) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let (Some(fd), Some(file)) = (socket, &c.file) else {
+        return write_all_vectored(w, head, &c.bytes).await;
+    };
+    // Nothing of `w` may be waiting in its buffer when the socket is written directly.
+    w.flush().await?;
+    let sent_head = sealed::send_head(fd, head)?;
+    let sent_body = if sent_head == head.len() {
+        sealed::send_file(fd, file, c.bytes.len())?
+    } else {
+        0
+    };
+    write_all_vectored(w, &head[sent_head..], &c.bytes[sent_body..]).await
+}
+
 /// Writes `head` then `body` with as few vectored writes as the socket takes.
 async fn write_all_vectored<W>(w: &mut W, head: &[u8], body: &[u8]) -> std::io::Result<()>
 where
@@ -233,7 +241,7 @@ impl StaticResponse {
         let body = match self.body {
             _ if head_only => None,
             Body::Empty => None,
-            Body::Bytes(b) | Body::Sealed { bytes: b, .. } => Some(b),
+            Body::Bytes(b) | Body::Cached(Shared { bytes: b, .. }) => Some(b),
             Body::File { .. } => return 0,
         };
         if session

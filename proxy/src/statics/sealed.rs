@@ -19,9 +19,9 @@ pub(super) const SEAL_MIN: usize = 64 * 1024;
 
 /// A cached body: its bytes, and the sealed file holding them when it is large.
 #[derive(Clone)]
-pub(crate) struct Shared {
-    pub(crate) bytes: Bytes,
-    pub(crate) file: Option<Arc<OwnedFd>>,
+pub(super) struct Shared {
+    pub(super) bytes: Bytes,
+    pub(super) file: Option<Arc<OwnedFd>>,
 }
 
 impl Shared {
@@ -128,18 +128,13 @@ fn seal(data: &[u8]) -> io::Result<(Bytes, OwnedFd)> {
     }
 }
 
-/// Sends `file[offset..offset + len]` on the non-blocking socket `socket` until done or the
+/// Sends the first `len` bytes of `file` on the non-blocking socket `socket` until done or the
 /// socket is full; returns the bytes sent. The caller writes the rest the usual way.
 #[allow(unsafe_code)]
-pub(super) fn send_file(
-    socket: RawFd,
-    file: &OwnedFd,
-    offset: usize,
-    len: usize,
-) -> io::Result<usize> {
+pub(super) fn send_file(socket: RawFd, file: &OwnedFd, len: usize) -> io::Result<usize> {
     let mut sent = 0;
     while sent < len {
-        let mut off = (offset + sent) as libc::off_t;
+        let mut off = sent as libc::off_t;
         // SAFETY: both descriptors are open for the call; `off` is a valid out-parameter.
         let n = unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut off, len - sent) };
         if n < 0 {
