@@ -13,13 +13,15 @@ use bascule_tests::tls::{TestCert, TlsConn};
 use bascule_tests::{counter, free_addr, wait_until, Proxy, ProxyConfig, Upstream};
 
 /// Hashed assets on both sides of the sizes the HTTP/2 writer treats apart (1 KiB frames,
-/// 8 KiB bodies), each with its own bytes.
-const SIZES: [(&str, usize); 5] = [
+/// 8 KiB bodies), and one large enough to be kept in a sealed file (64 KiB and more), which
+/// plain HTTP/1.1 sends with `sendfile`; each with its own bytes.
+const SIZES: [(&str, usize); 6] = [
     ("tiny-0a1b2c3d.js", 10),
     ("one-0a1b2c3d.js", 1024),
     ("five-0a1b2c3d.js", 5 * 1024 + 7),
     ("eight-0a1b2c3d.js", 8 * 1024),
     ("big-0a1b2c3d.js", 40 * 1024 + 3),
+    ("sealed-0a1b2c3d.js", 100 * 1024 + 5),
 ];
 
 fn bytes(seed: usize, len: usize) -> Vec<u8> {
@@ -127,6 +129,13 @@ fn static_answers_over_h2_match_the_fast_path() {
             vec![("accept-encoding", "gzip")],
         ),
         ("GET", "/assets/big-0a1b2c3d.js", vec![]),
+        ("GET", "/assets/sealed-0a1b2c3d.js", vec![]),
+        ("HEAD", "/assets/sealed-0a1b2c3d.js", vec![]),
+        (
+            "GET",
+            "/assets/sealed-0a1b2c3d.js",
+            vec![("range", "bytes=70000-70099")],
+        ),
         ("GET", "/assets/plain.css", vec![]),
         ("GET", "/assets/gone-0a1b2c3d.js", vec![]),
         ("GET", "/assets/../assets/five-0a1b2c3d.js", vec![]),
