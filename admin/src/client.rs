@@ -312,6 +312,10 @@ fn status_table(s: &Status, out: &mut String) {
         s.generation,
         or_dash(s.last_switch.clone()),
     ));
+    for w in &s.warnings {
+        out.pop();
+        out.push_str(&format!("WARNING: {w}\n\n"));
+    }
     if let Some(r) = &s.last_rollback {
         out.pop();
         out.push_str(&format!(

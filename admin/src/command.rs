@@ -122,7 +122,14 @@ fn duration(word: Option<&str>, flag: &str) -> Result<Duration, ParseError> {
     let Some(w) = word else {
         return fail(format!("{flag} needs a duration such as 500ms, 30s or 1m"));
     };
-    humantime::parse_duration(w).map_err(|e| ParseError(format!("{flag} `{w}`: {e}")))
+    let d = humantime::parse_duration(w).map_err(|e| ParseError(format!("{flag} `{w}`: {e}")))?;
+    if d > bascule_config::MAX_DURATION {
+        return fail(format!(
+            "{flag} `{w}` is longer than {}",
+            humantime::format_duration(bascule_config::MAX_DURATION)
+        ));
+    }
+    Ok(d)
 }
 
 fn addresses(word: &str) -> Result<Vec<String>, ParseError> {
@@ -246,9 +253,7 @@ impl Command {
                 let (Some(blue), Some(green)) = (blue, green) else {
                     return fail(format!("give both weights; usage: {}", HELP[8]));
                 };
-                if blue == 0 && green == 0 {
-                    return fail("at least one weight must be above 0");
-                }
+                bascule_config::valid_weights([blue, green]).map_err(ParseError)?;
                 Command::Weights { blue, green }
             }
             "deploy" => {
@@ -332,6 +337,21 @@ mod tests {
             })
         );
         assert_eq!(
+            Command::parse("weights blue=100 green=0"),
+            Ok(Command::Weights {
+                blue: 100,
+                green: 0
+            })
+        );
+        assert_eq!(
+            Command::parse("flip blue --drain-timeout 24h"),
+            Ok(Command::Flip {
+                slot: SlotName::Blue,
+                force: false,
+                drain_timeout: Some(Duration::from_secs(24 * 3600))
+            })
+        );
+        assert_eq!(
             Command::parse("weights green=1 blue=9"),
             Ok(Command::Weights { blue: 9, green: 1 })
         );
@@ -376,6 +396,19 @@ mod tests {
             ("weights blue=1", "both weights"),
             ("weights blue=0 green=0", "above 0"),
             ("weights blue=x green=1", "whole number"),
+            ("weights blue=4294967295 green=1", "at most 100"),
+            ("weights blue=101 green=0", "at most 100"),
+            ("weights blue=99999999999 green=1", "whole number"),
+            (
+                "flip green --drain-timeout 18446744073709551615s",
+                "longer than",
+            ),
+            ("flip green --drain-timeout 25h", "longer than"),
+            ("drain blue --wait --timeout 1000000000y", "--timeout"),
+            (
+                "deploy green --upstreams 127.0.0.1:5 --timeout 2days",
+                "longer than",
+            ),
             ("deploy green", "--upstreams"),
             ("status now", "unexpected `now`"),
         ] {

@@ -45,6 +45,14 @@ impl MonitorArgs {
                     if args.interval.is_zero() {
                         return Err("--interval must be above 0".into());
                     }
+                    // The proxy closes an admin connection that is silent longer (by default).
+                    let most = bascule_config::DEFAULT_ADMIN_IDLE_TIMEOUT;
+                    if args.interval > most {
+                        return Err(format!(
+                            "--interval is at most {}",
+                            humantime::format_duration(most)
+                        ));
+                    }
                 }
                 other => return Err(format!("unexpected `{other}`; usage: {USAGE}")),
             }

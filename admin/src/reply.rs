@@ -84,6 +84,10 @@ pub struct Status {
     /// The shared slot state, when this instance has a `[cluster]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// What an operator must know about this instance (a state file that could not be used
+    /// at start); absent when there is nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `status`'s `cluster` object: the etcd store and the live instances sharing it.
@@ -390,8 +394,13 @@ pub enum StepDetail {
 /// `reload`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadReply {
-    /// Dotted names of what changed (`slots.blue.upstreams`, `routes`, …).
+    /// Dotted names of what changed and is applied from the next request on
+    /// (`headers`, `rate_limits`, `slots.blue.upstreams`, `routes`, …).
     pub changed: Vec<String>,
+    /// Keys changed in the file that only a restart applies (`listen.http`, `server.threads`,
+    /// `admin.socket`, `metrics.listen`, `cluster`); absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
     /// See [`FlipReply::warning`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
@@ -505,6 +514,7 @@ mod tests {
             },
             last_rollback: None,
             cluster: None,
+            warnings: Vec::new(),
         };
         let line = reply_line(&Ok(Reply::Status(status.clone())));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

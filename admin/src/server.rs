@@ -13,6 +13,8 @@ use crate::{progress_line, reply_line, Command, Handler, Progress};
 
 /// Longest command line accepted, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Admin connections open at once; one more gets an error line and is closed.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Why the admin socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +58,13 @@ pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, 
     Ok(listener)
 }
 
-/// Accepts connections until `shutdown` turns true, serving each on its own task.
+/// Accepts connections until `shutdown` turns true, serving each on its own task, at most
+/// [`MAX_CONNECTIONS`] at once. A connection that waits longer than `idle` between two command
+/// lines (a command that runs, `drain --wait` or `deploy`, is not waiting) is closed.
 pub async fn serve<H: Handler>(
     listener: std::os::unix::net::UnixListener,
     handler: Arc<H>,
+    idle: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener = match UnixListener::from_std(listener) {
@@ -69,15 +74,27 @@ pub async fn serve<H: Handler>(
             return;
         }
     };
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
+                    let Ok(permit) = open.clone().try_acquire_owned() else {
+                        tokio::spawn(async move {
+                            let err = format!("too many admin connections ({MAX_CONNECTIONS} open)");
+                            let mut line = reply_line(&Err(err));
+                            line.push('\n');
+                            let write = stream.write_all(line.as_bytes());
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+                        });
+                        continue;
+                    };
                     let handler = handler.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(stream, handler).await {
+                        if let Err(e) = serve_connection(stream, handler, idle).await {
                             tracing::debug!(error = %e, "admin connection ended");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -94,14 +111,22 @@ pub async fn serve<H: Handler>(
     }
 }
 
-/// Answers command lines on one connection until the client closes it.
-pub async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>) -> io::Result<()> {
+/// Answers command lines on one connection until the client closes it, or waits longer than
+/// `idle` for a whole line.
+pub async fn serve_connection<H: Handler>(
+    stream: UnixStream,
+    handler: Arc<H>,
+    idle: std::time::Duration,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(256);
     loop {
         line.clear();
-        let outcome = match read_line(&mut reader, &mut line).await? {
+        let Ok(read) = tokio::time::timeout(idle, read_line(&mut reader, &mut line)).await else {
+            return Ok(());
+        };
+        let outcome = match read? {
             Line::Eof => return Ok(()),
             Line::TooLong => Err(format!("line longer than {} KiB", MAX_LINE / 1024)),
             Line::Complete => match std::str::from_utf8(&line) {

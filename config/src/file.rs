@@ -76,6 +76,7 @@ pub(crate) struct Server {
 pub(crate) struct Admin {
     pub(crate) socket: Option<PathBuf>,
     pub(crate) mode: Option<Spanned<u32>>,
+    pub(crate) idle_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +164,14 @@ pub(crate) struct HumanDuration(pub(crate) Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        humantime_serde::deserialize(d).map(HumanDuration)
+        let d: Duration = humantime_serde::deserialize(d)?;
+        if d > crate::MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "`{}` is longer than the longest duration allowed, {}",
+                humantime::format_duration(d),
+                humantime::format_duration(crate::MAX_DURATION)
+            )));
+        }
+        Ok(HumanDuration(d))
     }
 }

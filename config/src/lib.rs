@@ -57,6 +57,9 @@ use std::time::Duration;
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/bascule/admin.sock";
 /// Default admin socket file mode (owner read/write only).
 pub const DEFAULT_ADMIN_SOCKET_MODE: u32 = 0o600;
+/// Default time an admin connection may wait between two command lines (`[admin]
+/// idle_timeout`); `ctl monitor` sends one every interval.
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default health-check path on each upstream.
 pub const DEFAULT_HEALTH_PATH: &str = "/health";
 /// Default interval between two health checks of one upstream.
@@ -89,6 +92,25 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_PARK_IDLE_AFTER: Duration = Duration::from_millis(100);
 /// Default largest hashed asset, in bytes, kept in memory with its headers.
 pub const DEFAULT_STATIC_CACHE_MAX_FILE: u64 = 256 * 1024;
+/// Longest duration any setting or admin argument takes (24 hours): a timeout, window or
+/// interval beyond it is a typo, and deadlines computed from it can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Largest weight of one slot in `weights blue=N green=M` (weights read as percentages).
+pub const MAX_WEIGHT: u32 = 100;
+
+/// Whether `[blue, green]` is a split the proxy can serve: each at most [`MAX_WEIGHT`], and
+/// not both zero. Weights read back from a state file or the cluster store are checked too.
+pub fn valid_weights([blue, green]: [u32; 2]) -> Result<(), String> {
+    if blue > MAX_WEIGHT || green > MAX_WEIGHT {
+        return Err(format!(
+            "a weight is at most {MAX_WEIGHT} (got blue={blue} green={green})"
+        ));
+    }
+    if blue == 0 && green == 0 {
+        return Err("at least one weight must be above 0".into());
+    }
+    Ok(())
+}
 
 /// The validated configuration of one Bascule process.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +198,8 @@ pub struct AdminConfig {
     pub socket: PathBuf,
     /// File mode of the socket.
     pub mode: u32,
+    /// How long a connection may wait between two command lines before it is closed.
+    pub idle_timeout: Duration,
 }
 
 /// One slot's configured pool (`[slots.blue]`, `[slots.green]`).

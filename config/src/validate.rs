@@ -110,6 +110,11 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
             .socket
             .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
         mode,
+        idle_timeout: duration(
+            f.admin.idle_timeout,
+            "admin.idle_timeout",
+            crate::DEFAULT_ADMIN_IDLE_TIMEOUT,
+        )?,
     };
 
     let blue = slot(f.slots.blue.unwrap_or_default(), "blue")?;

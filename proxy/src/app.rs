@@ -3,6 +3,7 @@
 //! Services: the HTTP proxy (one per process, `[server] threads` workers), the admin socket,
 //! the health checker and, when configured, the metrics endpoint.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,13 +23,11 @@ use crate::admin::metrics_endpoint::MetricsService;
 use crate::control::cluster::ClusterService;
 use crate::control::health_check::HealthChecker;
 use crate::control::Control;
+use crate::http::edge::Policies;
 use crate::http::fast::FastApp;
 use crate::http::service::Bascule;
 use crate::slots::certs::{install_crypto_provider, Certs};
 use crate::slots::metrics::Metrics;
-use crate::statics::StaticFiles;
-use crate::wire::access_log::AccessLog;
-use crate::wire::rate_limit::RateLimits;
 use crate::SlotName;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::ExecutionPhase;
@@ -49,6 +48,30 @@ pub struct App {
     control: Arc<Control>,
 }
 
+/// Why the process cannot start: an address it must listen on is taken or not allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: bind() to {addr} failed: {error}")]
+pub struct BindError {
+    /// The config key that names the address.
+    key: &'static str,
+    /// The address.
+    addr: SocketAddr,
+    /// What the OS said (address in use, permission denied, not available).
+    error: std::io::Error,
+}
+
+/// Binds every TCP address of `config` once, and lets go: an address another process holds
+/// stops the start here, naming it, before anything is served.
+fn check_addresses(config: &Config) -> Result<(), BindError> {
+    let listen = config.listen.iter().map(|a| ("listen.http", a));
+    let https = config.https.iter().map(|a| ("listen.https", a));
+    let metrics = config.metrics.iter().map(|a| ("metrics.listen", a));
+    for (key, &addr) in listen.chain(https).chain(metrics) {
+        std::net::TcpListener::bind(addr).map_err(|error| BindError { key, addr, error })?;
+    }
+    Ok(())
+}
+
 /// Path next to the admin socket, for Pingora's own files (upgrade socket, pid file).
 fn beside(socket: &std::path::Path, suffix: &str) -> String {
     let mut p = socket.as_os_str().to_owned();
@@ -61,17 +84,18 @@ impl App {
     pub fn build(config: Config, opts: StartOptions) -> anyhow::Result<App> {
         // First: Pingora's connectors and listeners install ring's defaults when none is set.
         install_crypto_provider();
+        // Pingora's listeners retry a taken address every second, forever, while the rest of
+        // the process (admin socket included) looks healthy: like nginx, a start that cannot
+        // bind its addresses fails. In an upgrade they are taken over, not bound.
+        if !opts.upgrade {
+            check_addresses(&config)?;
+        }
         let metrics = Metrics::new();
-        let log = match &config.access_log {
-            Some(c) => Some(Arc::new(AccessLog::start(
-                c,
-                metrics.access_log_dropped.clone(),
-            )?)),
-            None => None,
-        };
+        // Everything a request reads from the config, rebuilt by `reload`.
+        let policies = Arc::new(Policies::new(&config, metrics.clone())?);
         let (control, warning) = Control::new(config.clone(), metrics)?;
         if let Some(w) = warning {
-            tracing::warn!("{w}");
+            tracing::error!("{w}");
             eprintln!("bascule: WARNING: {w}");
         }
 
@@ -94,17 +118,12 @@ impl App {
         };
         let mut server = Server::new_with_opt_and_conf(opt, conf);
 
-        let statics = Arc::new(StaticFiles::new(&config.statics));
-        // One count per client and prefix, whichever path serves the request.
-        let rate = Arc::new(RateLimits::new(
-            &config.rate_limits,
-            &control.metrics().rate_limited,
-        ));
-        let service = Bascule::new(control.clone(), statics.clone(), log.clone(), rate.clone());
+        control.reload_with(policies.clone());
+        let service = Bascule::new(control.clone(), policies.clone());
         let full = http_proxy(&server.configuration, service.clone());
         let mut proxy = Service::new(
             "bascule proxy".to_string(),
-            FastApp::new(control.clone(), statics, full, service, log, rate),
+            FastApp::new(control.clone(), policies, full, service),
         );
         for addr in &config.listen {
             // The fast path reads into its own buffer and writes whole responses at once:

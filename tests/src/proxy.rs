@@ -75,6 +75,8 @@ pub struct ProxyConfig {
     pub server: String,
     /// Extra lines of the `[listen]` table (`https = […]`, `redirect_http = true`).
     pub listen: String,
+    /// Extra lines of the `[admin]` table (`idle_timeout = "1s"`).
+    pub admin: String,
     /// Extra TOML appended verbatim (routes, health, drain…).
     pub extra: String,
     /// The state file (default: `state.json` in the proxy's temp dir).
@@ -149,7 +151,7 @@ impl ProxyConfig {
         };
         format!(
             "[listen]\nhttp = [\"{addr}\"]\n{listen}\n\n[server]\nthreads = {threads}\nshutdown_grace = \"5s\"\n{server}\n\
-             [admin]\nsocket = \"{d}/admin.sock\"\n\n[state]\npath = \"{state}\"\n\n\
+             [admin]\nsocket = \"{d}/admin.sock\"\n{admin}\n[state]\npath = \"{state}\"\n\n\
              [slots.blue]\nupstreams = [{b}]\nversion = \"1.0.0\"\n{br}\n\
              [slots.green]\nupstreams = [{g}]\nversion = \"1.1.0\"\n{gr}\n\
              [upstream]\nconnect_timeout = \"1s\"\nread_timeout = \"5s\"\n\n{extra}\n",
@@ -162,13 +164,14 @@ impl ProxyConfig {
             br = root(&self.blue_root),
             gr = root(&self.green_root),
             extra = self.extra,
+            admin = self.admin,
             threads = self.threads.unwrap_or(2),
         )
     }
 }
 
-/// What Pingora logs when a listening port is taken (it then retries for 30 s).
-const PORT_IN_USE: &str = "is in use, will try again";
+/// What the proxy says when a listening port is taken: it stops at once.
+const PORT_IN_USE: &str = "Address already in use";
 
 /// How many ports `Proxy::start` tries before it gives up.
 const START_ATTEMPTS: usize = 5;
@@ -239,7 +242,6 @@ impl Proxy {
             if let Some(Ok(Some(_))) = proxy.child.as_mut().map(|c| c.try_wait()) {
                 return true;
             }
-            // Pingora retries a port in use for 30 s, saying so: no need to wait that out.
             taken = proxy.stderr().contains(PORT_IN_USE);
             taken || TcpStream::connect(addr).is_ok() && Client::connect(&proxy.socket).is_ok()
         });

@@ -372,10 +372,15 @@ fn the_admin_socket_is_private_and_a_live_one_is_not_stolen() {
         & 0o777;
     assert_eq!(mode, 0o600);
 
-    // A second proxy on the same socket exits with an error, and the first keeps serving.
+    // A second proxy on the same socket (another port) exits with an error, and the first
+    // keeps serving.
+    let second = proxy.dir.path().join("second.toml");
+    let text = std::fs::read_to_string(&proxy.config).unwrap();
+    let other = bascule_tests::free_addr().to_string();
+    std::fs::write(&second, text.replace(&proxy.addr.to_string(), &other)).unwrap();
     let out = std::process::Command::new(bascule_tests::bascule_bin())
         .args(["serve", "-c"])
-        .arg(&proxy.config)
+        .arg(&second)
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));

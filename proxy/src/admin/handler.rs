@@ -98,6 +98,7 @@ fn status(r: &Routing) -> Status {
         },
         last_rollback: r.last_rollback.as_deref().map(last_rollback),
         cluster: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -208,6 +209,7 @@ impl Handler for AdminHandler {
         let reply = match cmd {
             Command::Status => {
                 let mut s = status(&c.load());
+                s.warnings.extend(c.start_warning().map(str::to_string));
                 if let Some(link) = c.cluster() {
                     s.cluster = Some(link.status().await);
                 }
@@ -282,8 +284,12 @@ impl Handler for AdminHandler {
                     Applied::Reload(changes) => Some(changes),
                     _ => None,
                 };
-                let (changed, warning) = live(c.reload().await, take)?;
-                Reply::Reload(ReloadReply { changed, warning })
+                let (reloaded, warning) = live(c.reload().await, take)?;
+                Reply::Reload(ReloadReply {
+                    changed: reloaded.changed,
+                    restart_needed: reloaded.restart_needed,
+                    warning,
+                })
             }
         };
         Ok(reply)
@@ -315,7 +321,8 @@ impl BackgroundService for AdminService {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(listener) = listener {
-            bascule_admin::server::serve(listener, self.handler.clone(), shutdown).await;
+            let idle = self.handler.control.config().admin.idle_timeout;
+            bascule_admin::server::serve(listener, self.handler.clone(), idle, shutdown).await;
         }
     }
 }

@@ -43,7 +43,11 @@ pub(crate) fn spawn(
 ) {
     tokio::spawn(async move {
         let started = Instant::now();
-        match wait(&counters, slot, generation, started + timeout).await {
+        // Bounded at parse time; checked here too, so no deadline can overflow.
+        let deadline = started
+            .checked_add(timeout)
+            .unwrap_or(started + bascule_config::MAX_DURATION);
+        match wait(&counters, slot, generation, deadline).await {
             End::Superseded => {}
             End::Drained => {
                 let seconds = started.elapsed().as_secs_f64();

@@ -26,6 +26,16 @@ pub enum ControlError {
         /// Which address failed, and why.
         source: PoolError,
     },
+    /// A slot's upstreams restored from the state file cannot be resolved.
+    #[error("{}: slot {slot}'s upstreams (set at runtime, kept in this state file): {source}; fix the name, or remove the state file to start from the config's upstreams", path.display())]
+    StatePool {
+        /// The state file.
+        path: std::path::PathBuf,
+        /// The slot whose pool was being built.
+        slot: SlotName,
+        /// Which address failed, and why.
+        source: PoolError,
+    },
     /// With `[cluster]`: etcd cannot be reached, so no change can be made; the last state
     /// stays in force.
     #[error("cluster store unreachable ({endpoints}: {why}); nothing changed")]
@@ -78,7 +88,7 @@ pub enum Applied {
     /// A `set` or `weights`: the snapshot it made.
     Routing(Arc<Routing>),
     /// A `reload`: what it changed.
-    Reload(Vec<String>),
+    Reload(crate::control::Reloaded),
 }
 
 impl ControlError {

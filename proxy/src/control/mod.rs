@@ -40,6 +40,54 @@ use crate::SlotName;
 use error::saved;
 use state::{PersistedSlot, PersistedState, StateError};
 
+/// Whether weights read back (state file, cluster store) can be served; logged when not, and
+/// then dropped, so that the active slot takes all traffic.
+pub(crate) fn usable_weights(w: [u32; 2], from: &str) -> bool {
+    match bascule_config::valid_weights(w) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "weights from the {from} ignored");
+            false
+        }
+    }
+}
+
+/// State that a layer above keeps, built from the config (the edge policy of `http::edge`):
+/// `reload` asks it to build what a new config calls for beside the running one, and makes it
+/// live only once every part of the reload has been built.
+pub trait Reloadable: Send + Sync {
+    /// Builds the state `new` calls for; nothing changes until [`Prepared::commit`] runs.
+    /// `Err` stops the reload with nothing changed.
+    fn prepare(self: Arc<Self>, old: &Config, new: &Config) -> Result<Prepared, String>;
+}
+
+/// A reload's part built and not yet live.
+pub struct Prepared {
+    /// The tables it changes, by their name in the file.
+    pub changed: Vec<String>,
+    /// Makes it live.
+    pub commit: Box<dyn FnOnce() + Send>,
+}
+
+impl Prepared {
+    /// Nothing to change.
+    pub fn nothing() -> Prepared {
+        Prepared {
+            changed: Vec::new(),
+            commit: Box::new(|| {}),
+        }
+    }
+}
+
+/// What a `reload` did: the tables applied, and those that only a restart applies.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reloaded {
+    /// Applied from the next request on (`headers`, `slots.blue.upstreams`, …).
+    pub changed: Vec<String>,
+    /// Changed in the file, applied on restart only (`listen.http`, `server.threads`, …).
+    pub restart_needed: Vec<String>,
+}
+
 /// What a flip or rollback did.
 #[derive(Debug, Clone)]
 pub struct FlipOutcome {
@@ -67,6 +115,10 @@ pub struct Control {
     watch_token: AtomicU64,
     /// The shared slot state, with `[cluster]`.
     cluster: Option<Arc<cluster::Link>>,
+    /// What went wrong with the state file at start, for `status`.
+    start_warning: Option<String>,
+    /// The state built from the config by the layers above, rebuilt by `reload`.
+    reloadable: std::sync::OnceLock<Arc<dyn Reloadable>>,
 }
 
 /// Proof that the caller holds [`Control`]'s write lock.
@@ -78,17 +130,18 @@ type Published = Result<(Arc<Routing>, Option<StateError>), ControlError>;
 impl Control {
     /// Builds the first snapshot from `config`, overlaid with the state file when there is one.
     ///
-    /// Returns the control and, when the state file was unusable, the warning to show.
+    /// Returns the control and, when the state file was unusable, the warning to show (also
+    /// kept for `status`).
     pub fn new(
         config: Config,
         metrics: Arc<Metrics>,
-    ) -> Result<(Arc<Control>, Option<StateError>), ControlError> {
+    ) -> Result<(Arc<Control>, Option<String>), ControlError> {
         let (persisted, warning) = match &config.state_path {
             None => (None, None),
-            Some(path) => match state::load(path) {
-                Ok(s) => (s, None),
-                Err(e) => (None, Some(e)),
-            },
+            Some(path) => {
+                let loaded = state::load(path);
+                (loaded.state, loaded.warning)
+            }
         };
         let counters = SlotCounters::new();
         let mut slots = Vec::with_capacity(2);
@@ -101,7 +154,14 @@ impl Control {
             };
             let known: Vec<&Pool> = slots.iter().map(|s: &Arc<Slot>| &s.pool).collect();
             let slot = Slot::build(name, upstreams, version, root, &config.upstream, &known)
-                .map_err(|source| ControlError::Pool { slot: name, source })?;
+                .map_err(|source| match (runtime, &config.state_path) {
+                    (Some(_), Some(path)) => ControlError::StatePool {
+                        path: path.clone(),
+                        slot: name,
+                        source,
+                    },
+                    _ => ControlError::Pool { slot: name, source },
+                })?;
             slots.push(Arc::new(slot));
         }
         let green = slots.pop().expect("two slots");
@@ -114,7 +174,10 @@ impl Control {
                 .as_ref()
                 .and_then(|p| p.last_switch.as_deref())
                 .and_then(|t| humantime::parse_rfc3339(t).ok()),
-            weights: persisted.as_ref().and_then(|p| p.weights),
+            weights: persisted
+                .as_ref()
+                .and_then(|p| p.weights)
+                .filter(|w| usable_weights(*w, "state file")),
             slots: [blue, green],
             routes: config.routes.clone().into(),
             counters,
@@ -135,8 +198,15 @@ impl Control {
             me: me.clone(),
             watch_token: AtomicU64::new(0),
             cluster,
+            start_warning: warning.clone(),
+            reloadable: std::sync::OnceLock::new(),
         });
         Ok((control, warning))
+    }
+
+    /// Hands over the state built from the config above this layer, so `reload` rebuilds it.
+    pub fn reload_with(&self, r: Arc<dyn Reloadable>) {
+        let _ = self.reloadable.set(r);
     }
 
     /// Hands over the https listeners' certificates, so `reload` re-reads them.
@@ -169,6 +239,11 @@ impl Control {
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Why the state file was not used as it was at start, if it was not.
+    pub fn start_warning(&self) -> Option<&str> {
+        self.start_warning.as_deref()
     }
 
     /// The shared slot state, with `[cluster]`.
@@ -425,6 +500,7 @@ impl Control {
 
     /// Splits new requests `blue:green`.
     pub async fn weights(&self, blue: u32, green: u32) -> Result<Arc<Routing>, ControlError> {
+        bascule_config::valid_weights([blue, green]).map_err(ControlError::Invalid)?;
         let w = self.write.lock().await;
         let current = self.routing.load_full();
         let mut next = Self::derive(&current);
@@ -443,7 +519,7 @@ impl Control {
     ///
     /// Slot parts take the file's value only where the file changed them since it was last
     /// read: runtime `set`s survive a reload that does not touch them.
-    pub async fn reload(&self) -> Result<Vec<String>, ControlError> {
+    pub async fn reload(&self) -> Result<Reloaded, ControlError> {
         let _w = self.write.lock().await;
         let old = self.config.load_full();
         let Some(path) = old.source.clone() else {
@@ -452,26 +528,8 @@ impl Control {
             ));
         };
         let new = bascule_config::load(&path)?;
+        let restart_needed = restart_needed(&old, &new);
         let mut changes = Vec::new();
-        for (what, changed) in [
-            (
-                "listen",
-                old.listen != new.listen
-                    || old.https != new.https
-                    || old.redirect_http != new.redirect_http,
-            ),
-            ("server", old.server != new.server),
-            ("admin", old.admin != new.admin),
-            ("metrics", old.metrics != new.metrics),
-            ("preview", old.preview != new.preview),
-            ("canary", old.canary != new.canary),
-        ] {
-            if changed {
-                changes.push(format!(
-                    "{what}: changed in the file; takes effect on restart"
-                ));
-            }
-        }
         let current = self.routing.load_full();
         let mut next = Self::derive(&current);
         for name in SlotName::ALL {
@@ -507,7 +565,7 @@ impl Control {
             ("health", old.health != new.health),
             ("drain", old.drain != new.drain),
             ("rollback", old.rollback != new.rollback),
-            ("static", old.statics != new.statics),
+            ("upstream", old.upstream != new.upstream),
             ("state", old.state_path != new.state_path),
             ("slots.default", old.default_slot != new.default_slot),
         ] {
@@ -515,6 +573,13 @@ impl Control {
                 changes.push(what.into());
             }
         }
+        // Built beside the running state; live only once nothing else can fail.
+        let prepared = match self.reloadable.get() {
+            Some(r) => r.clone().prepare(&old, &new).map_err(|e| {
+                ControlError::Refused(format!("{}: {e}; nothing changed", path.display()))
+            })?,
+            None => Prepared::nothing(),
+        };
         if old.tls != new.tls || new.tls.is_some() {
             // Files may have changed under the same paths: certificates are always re-read.
             if let (Some(certs), Some(tls)) = (self.certs.get(), &new.tls) {
@@ -524,6 +589,8 @@ impl Control {
                 changes.push("tls.certs (new handshakes)".into());
             }
         }
+        changes.extend(prepared.changed);
+        (prepared.commit)();
         self.config.store(Arc::new(new));
         // Slot parts live in the cluster store: a reload does not change them, `set` does.
         if self.cluster.is_some() {
@@ -536,9 +603,49 @@ impl Control {
             }
         }
         let (_, unsaved) = self.publish(next, None);
-        tracing::info!(changes = ?changes, "config reloaded");
-        saved(changes, unsaved, Applied::Reload)
+        tracing::info!(changes = ?changes, restart_needed = ?restart_needed, "config reloaded");
+        let reloaded = Reloaded {
+            changed: changes,
+            restart_needed,
+        };
+        saved(reloaded, unsaved, Applied::Reload)
     }
+}
+
+/// The keys that changed in the file and that only a restart applies: listening sockets,
+/// threads, the admin socket, the metrics listener, the cluster link.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (&old.server, &new.server);
+    [
+        ("listen.http", old.listen != new.listen),
+        ("listen.https", old.https != new.https),
+        ("server.threads", a.threads != b.threads),
+        ("server.work_stealing", a.work_stealing != b.work_stealing),
+        (
+            "server.shutdown_grace",
+            a.shutdown_grace != b.shutdown_grace,
+        ),
+        ("admin.socket", old.admin.socket != new.admin.socket),
+        ("admin.mode", old.admin.mode != new.admin.mode),
+        (
+            "admin.idle_timeout",
+            old.admin.idle_timeout != new.admin.idle_timeout,
+        ),
+        ("metrics.listen", old.metrics != new.metrics),
+        ("cluster", old.cluster != new.cluster),
+        (
+            "tls.min_version",
+            old.tls.as_ref().map(|t| t.min_version) != new.tls.as_ref().map(|t| t.min_version),
+        ),
+        (
+            "tls.h2",
+            old.tls.as_ref().map(|t| t.h2) != new.tls.as_ref().map(|t| t.h2),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(key, _)| key.to_string())
+    .collect()
 }
 
 /// The state file's (and the cluster store's) form of `r`.

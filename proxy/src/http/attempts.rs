@@ -17,6 +17,8 @@ pub(crate) struct Attempts<'r> {
     fresh_only: bool,
     /// The member of the attempt under way.
     current: usize,
+    /// Whether any member was picked: a 502 names the member that failed.
+    picked: bool,
 }
 
 /// One attempt to make.
@@ -36,6 +38,7 @@ impl<'r> Attempts<'r> {
             retries: Retries::default(),
             fresh_only: false,
             current: 0,
+            picked: false,
         }
     }
 
@@ -46,10 +49,17 @@ impl<'r> Attempts<'r> {
             .pick(self.retries.skip())
             .ok_or_else(|| self.retries.exhausted_status())?;
         self.current = i;
+        self.picked = true;
         Ok(Attempt {
             member: &pool.members()[i],
             fresh_only: self.fresh_only,
         })
+    }
+
+    /// The member of the last attempt, for the access log of a request that failed on it.
+    pub(crate) fn last(&self) -> Option<&'r Member> {
+        let members = self.routing.slot(self.slot).pool.members();
+        self.picked.then(|| members.get(self.current)).flatten()
     }
 
     /// The attempt [`Attempts::next`] gave failed with `failure` before anything reached the

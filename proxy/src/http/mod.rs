@@ -4,6 +4,7 @@
 
 mod attempts;
 mod coalesce;
+pub mod edge;
 pub mod fast;
 pub(crate) mod h2;
 pub mod service;

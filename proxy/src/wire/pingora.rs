@@ -267,7 +267,7 @@ pub(crate) fn refused_response(resp: &ResponseHeader, upgrade_asked: bool) -> Op
 
 /// Removes from an upstream response what the fast path does not relay either: hop-by-hop
 /// headers and those `Connection` names (an `Upgrade` of a 101 stays), `Content-Length` beside
-/// `Transfer-Encoding`, and `drop` (the slot header, which the proxy sets itself).
+/// `Transfer-Encoding`, `Transfer-Encoding` of a 1xx, 204 or 304, and `drop` (the slot header, which the proxy sets itself).
 pub(crate) fn clean_response(resp: &mut ResponseHeader, drop: Option<&str>) {
     let mut remove: Vec<http::HeaderName> = Vec::new();
     let mut chunked = false;
@@ -298,6 +298,10 @@ pub(crate) fn clean_response(resp: &mut ResponseHeader, drop: Option<&str>) {
     }
     if chunked {
         remove.push(http::header::CONTENT_LENGTH);
+        // RFC 9112 §6.1: a response that has no body says nothing of a transfer coding.
+        if crate::wire::response::status_has_no_body(resp.status.as_u16()) {
+            remove.push(http::header::TRANSFER_ENCODING);
+        }
     }
     if let Some(d) = drop {
         if let Ok(n) = http::HeaderName::from_bytes(d.as_bytes()) {

@@ -9,6 +9,7 @@
 //! current one's. Refused requests are not counted.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bascule_config::RateLimit;
@@ -24,10 +25,12 @@ const SLOTS: usize = 8192;
 
 /// One prefix's limit and its counts.
 struct Limit {
+    /// The entry as configured: a reload keeps the counts of an entry it leaves as it was.
+    config: RateLimit,
     prefix: String,
     burst: f64,
     window: Duration,
-    rate: Rate,
+    rate: Arc<Rate>,
     limited: IntCounter,
 }
 
@@ -40,17 +43,34 @@ pub(crate) struct RateLimits {
 impl RateLimits {
     /// Limits for `config` (longest prefix first, as the config orders them); 429s are counted
     /// in `limited` by prefix.
+    #[cfg(test)]
     pub(crate) fn new(config: &[RateLimit], limited: &IntCounterVec) -> RateLimits {
+        RateLimits::keeping(config, limited, None)
+    }
+
+    /// Limits for `config`, as [`RateLimits::new`]; an entry that `previous` has as it is
+    /// keeps its counts (a reload does not hand every client a fresh burst).
+    pub(crate) fn keeping(
+        config: &[RateLimit],
+        limited: &IntCounterVec,
+        previous: Option<&RateLimits>,
+    ) -> RateLimits {
         let limits = config
             .iter()
             .map(|c| {
                 let window = Duration::from_secs_f64(c.burst as f64 / c.per_ip as f64)
                     .max(Duration::from_millis(10));
+                let kept = previous
+                    .and_then(|p| p.limits.iter().find(|l| l.config == *c))
+                    .map(|l| l.rate.clone());
                 Limit {
+                    config: c.clone(),
                     prefix: c.prefix.clone(),
                     burst: c.burst as f64,
                     window,
-                    rate: Rate::new_with_estimator_config(window, HASHES, SLOTS),
+                    rate: kept.unwrap_or_else(|| {
+                        Arc::new(Rate::new_with_estimator_config(window, HASHES, SLOTS))
+                    }),
                     limited: limited.with_label_values(&[&c.prefix]),
                 }
             })
@@ -112,6 +132,28 @@ mod tests {
         assert_eq!(l.check("/api/x", b), Ok(()));
         assert_eq!(l.check("/other", a), Ok(()), "outside every prefix");
         assert_eq!(counter.with_label_values(&["/api/"]).get(), 1);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_counts_of_an_unchanged_entry() {
+        let (l, counter) = limits(1, 3);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(l.check("/api/x", a), Ok(()));
+        }
+        let same = RateLimits::keeping(&[l.limits[0].config.clone()], &counter, Some(&l));
+        assert!(same.check("/api/x", a).is_err(), "counts kept");
+        let other = RateLimit {
+            prefix: "/api/".into(),
+            per_ip: 1,
+            burst: 4,
+        };
+        let changed = RateLimits::keeping(&[other], &counter, Some(&l));
+        assert_eq!(
+            changed.check("/api/x", a),
+            Ok(()),
+            "a changed entry starts afresh"
+        );
     }
 
     #[test]

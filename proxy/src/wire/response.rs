@@ -77,6 +77,12 @@ pub(crate) fn response_kind(name: &[u8]) -> ResponseKind {
     }
 }
 
+/// Whether a response with `status` never has a body, whatever its request (1xx, 204, 304).
+#[inline]
+pub(crate) fn status_has_no_body(status: u16) -> bool {
+    (100..200).contains(&status) || status == 204 || status == 304
+}
+
 /// Parses a response head from `buf`; `head_request` says the request was HEAD.
 ///
 /// A complete, valid head is written to `out` in canonical form — status line, the headers
@@ -150,7 +156,7 @@ pub(crate) fn parse_response(
             ResponseKind::HopByHop | ResponseKind::Other => {}
         }
     }
-    let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+    let no_body = head_request || status_has_no_body(status);
     let framing = if no_body {
         Framing::Empty
     } else if chunked {
@@ -185,8 +191,10 @@ pub(crate) fn parse_response(
             out.extend_from_slice(b"\r\n");
         }
     }
-    // A 304 or a HEAD response carries the length the full response would have.
-    if chunked {
+    // A 304 or a HEAD response carries the length the full response would have. A 1xx, 204
+    // or 304 never names a transfer coding (RFC 9112 §6.1; nginx drops it too); a HEAD
+    // response keeps the one its GET would have had.
+    if chunked && !status_has_no_body(status) {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(n) = length.filter(|_| status != 204 && !(100..200).contains(&status)) {
         out.extend_from_slice(b"content-length: ");
@@ -275,6 +283,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f, Framing::Chunked);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n");
+        // No body, so no transfer coding (RFC 9112 §6.1); a HEAD keeps its GET's.
+        for status in ["204 No Content", "304 Not Modified", "103 Early Hints"] {
+            let raw = format!("HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n");
+            let (f, _, out) = parse(raw.as_bytes(), false).unwrap();
+            assert_eq!(f, Framing::Empty);
+            assert_eq!(out, format!("HTTP/1.1 {status}\r\nX-A: 1\r\n"));
+        }
+        let ch = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (_, _, out) = parse(ch, true).unwrap();
         assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n");
         let (_, _, out) = parse(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\nX-Bascule-Slot: forged\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n",

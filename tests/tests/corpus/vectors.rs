@@ -107,10 +107,24 @@ pub(crate) fn corpus_script(req: &Received) -> Vec<Action> {
         "/r/cl-hex" => b"HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\nhello",
         "/r/hop" => b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: s3cr3t\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nContent-Length: 5\r\n\r\nhello",
         "/r/chunk-ext-lf" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\nhello\r\n0\r\nX-Trailer: 1\n\r\n",
+        "/r/204-te" => b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
+        "/r/304-te" => b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\nETag: \"x\"\r\n\r\n",
         "/r/100-headers" => return vec![Action::Write(hundred_headers())],
         _ => return echo(req),
     };
     vec![Action::Write(raw.to_vec())]
+}
+
+fn no_transfer_coding(ex: &Exchange) -> Result<(), String> {
+    let r = first(ex)?;
+    match r.header("transfer-encoding") {
+        Some(_) => Err(format!(
+            "transfer-encoding on a {}: {}",
+            r.status,
+            show(&r.head)
+        )),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn hundred_headers() -> Vec<u8> {
@@ -263,6 +277,9 @@ pub(crate) fn vectors() -> Vec<Vector> {
             if r.body != b"hello" { return Err(format!("body {:?}", r.text())); }
             Ok(())
         }),
+        // RFC 9112 §6.1: no transfer coding on a response that has no body.
+        v("resp-204-te", get("/r/204-te"), Answer(204)).client(no_transfer_coding),
+        v("resp-304-te", get("/r/304-te"), Answer(304)).client(no_transfer_coding),
         v("resp-cl-plus", get("/r/cl-plus"), Answer(502)),
         v("resp-cl-nbsp", get("/r/cl-nbsp"), Answer(502)),
         v("resp-cl-hex", get("/r/cl-hex"), Answer(502)),

@@ -205,7 +205,9 @@ impl Control {
             .last_switch
             .as_deref()
             .and_then(|t| humantime::parse_rfc3339(t).ok());
-        next.weights = state.weights;
+        next.weights = state
+            .weights
+            .filter(|w| crate::control::usable_weights(*w, "cluster store"));
         next.last_rollback = state.last_rollback.as_ref().and_then(record_of);
         let config = self.config.load();
         for name in SlotName::ALL {

@@ -2,12 +2,13 @@
 //! headers and logged like any response.
 
 use std::net::IpAddr;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use pingora_core::protocols::Stream;
 use tokio::io::AsyncWriteExt;
 
-use crate::wire::access_log::{Entry, LogRequest};
+use crate::http::edge::{Done, EdgePolicy};
+use crate::wire::access_log::LogRequest;
 use crate::wire::headers::RouteHeaders;
 use crate::wire::{error_body, own_response_h1, Reject};
 use crate::SlotName;
@@ -18,14 +19,15 @@ impl FastApp {
     /// The proxy's own error response, tagged with the slot; the connection closes after it.
     pub(super) async fn respond_error(
         &self,
+        p: &EdgePolicy,
         client: &mut Stream,
         slot: SlotName,
         code: u16,
         headers: &RouteHeaders,
     ) -> u16 {
         let mut extra = Vec::with_capacity(32);
-        self.slot_line(slot, &mut extra);
-        self.edge.write_h1(headers, &mut extra);
+        p.slot_line(slot, &mut extra);
+        p.edge.write_h1(headers, &mut extra);
         let mut out = Vec::with_capacity(256);
         own_response_h1(code, error_body(code), &extra, &mut out);
         let _ = client.write_all(&out).await;
@@ -36,6 +38,7 @@ impl FastApp {
     /// Sends a plain request to https (`[listen] redirect_http`); the connection closes after.
     pub(super) async fn redirect(
         &self,
+        p: &EdgePolicy,
         client: &mut Stream,
         location: &str,
         buf: &[u8],
@@ -44,7 +47,7 @@ impl FastApp {
     ) {
         let extra = format!("location: {location}\r\n").into_bytes();
         let body = "moved to https\n";
-        self.close_with(client, 308, body, extra, buf, client_ip, started)
+        self.close_with(p, client, 308, body, extra, buf, client_ip, started)
             .await;
     }
 
@@ -52,6 +55,7 @@ impl FastApp {
     /// connection closes after it.
     pub(super) async fn refuse(
         &self,
+        p: &EdgePolicy,
         client: &mut Stream,
         why: Reject,
         buf: &[u8],
@@ -63,8 +67,17 @@ impl FastApp {
             extra.extend_from_slice(format!("retry-after: {s}\r\n").as_bytes());
         }
         let body = format!("{why}\n");
-        self.close_with(client, why.status(), &body, extra, buf, client_ip, started)
-            .await;
+        self.close_with(
+            p,
+            client,
+            why.status(),
+            &body,
+            extra,
+            buf,
+            client_ip,
+            started,
+        )
+        .await;
     }
 
     /// The proxy's own answer to a request that goes nowhere (refused, redirected): written
@@ -72,6 +85,7 @@ impl FastApp {
     #[allow(clippy::too_many_arguments)]
     async fn close_with(
         &self,
+        p: &EdgePolicy,
         client: &mut Stream,
         status: u16,
         body: &str,
@@ -81,22 +95,18 @@ impl FastApp {
         started: Instant,
     ) {
         let mut out = Vec::with_capacity(256);
-        self.edge.write_h1(&[], &mut extra);
+        p.edge.write_h1(&[], &mut extra);
         own_response_h1(status, body, &extra, &mut out);
         let _ = client.write_all(&out).await;
         let _ = client.flush().await;
-        if let Some(log) = &self.log {
-            let duration = started.elapsed();
-            log.log(Entry {
-                time: SystemTime::now() - duration,
-                client: Some(client_ip),
-                request: Box::new(LogRequest::from_raw(buf)),
-                status,
-                bytes: body.len() as u64,
-                duration,
-                slot: None,
-                upstream: None,
-            });
-        }
+        p.record(Done {
+            start: started,
+            client: Some(client_ip),
+            request: p.logs().then(|| Box::new(LogRequest::from_raw(buf))),
+            status,
+            bytes: body.len() as u64,
+            slot: None,
+            upstream: None,
+        });
     }
 }

@@ -33,8 +33,9 @@ impl FastApp {
         session.set_pipelining_enabled(true);
         // Later heads on this connection are read by Pingora, which bounds each read, not the
         // whole head: the closest it offers to `header_timeout`.
-        session.set_read_timeout(Some(self.limits.header_timeout));
-        let keepalive = self.keepalive.as_secs().max(1);
+        let policy = self.policy();
+        session.set_read_timeout(Some(policy.limits.header_timeout));
+        let keepalive = policy.keepalive.as_secs().max(1);
         session.set_keepalive(if *shutdown.borrow() {
             None
         } else {
@@ -46,7 +47,7 @@ impl FastApp {
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            session.set_read_timeout(Some(self.limits.header_timeout));
+            session.set_read_timeout(Some(self.policy().limits.header_timeout));
             result = self.full.process_new_http(session, shutdown).await;
         }
         None

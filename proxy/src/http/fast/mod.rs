@@ -25,10 +25,10 @@ mod request;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bascule_config::{ForwardingConfig, LimitsConfig, RouteTarget};
+use bascule_config::RouteTarget;
 use bytes::BytesMut;
 use pingora::proxy::HttpProxy;
 use pingora_core::apps::ServerApp;
@@ -39,19 +39,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::control::Control;
+use crate::http::edge::{Done, EdgePolicy, Policies};
 use crate::http::service::Bascule;
 use crate::http::upstream::READ_CHUNK;
-use crate::slots::choice::SlotPolicy;
 use crate::slots::routing::{Member, Routing};
-use crate::statics::StaticFiles;
-use crate::wire::access_log::{AccessLog, Entry};
-use crate::wire::compress::Compression;
 use crate::wire::forward::{self, Peer};
-use crate::wire::headers::{EdgeHeaders, RouteHeaders};
-use crate::wire::rate_limit::RateLimits;
-use crate::wire::request::Forwarding;
+use crate::wire::headers::RouteHeaders;
 use crate::wire::{error_body, Reject};
-use crate::SlotName;
 use body::Incoming;
 use park::Parking;
 use request::{Head, Policy, Request};
@@ -60,85 +54,51 @@ use request::{Head, Policy, Request};
 const FIRST_READ: usize = 512;
 /// Smallest request buffer.
 const IDLE_BUF: usize = 1024;
+/// Free room below which a head's buffer grows before the next read.
+const HEAD_GROW_MIN: usize = 256;
 
 /// The listener's application: the fast path in front of Pingora's full proxy.
 pub struct FastApp {
     control: Arc<Control>,
-    statics: Arc<StaticFiles>,
+    /// The edge policy in force (shared with the full proxy), loaded once per request.
+    policies: Arc<Policies>,
     full: Arc<HttpProxy<Bascule>>,
-    /// The full proxy's policy, for the HTTP/2 streams answered in their connection's loop.
+    /// The full proxy's service, for the HTTP/2 streams served in their connection's loop.
     lean: Arc<Bascule>,
-    slot_header: Option<Vec<u8>>,
-    /// `[server] keepalive_timeout`: how long an idle connection waits for its next request.
-    keepalive: Duration,
-    /// `[upstream] keepalive_pool`: idle upstream connections kept per member.
-    upstream_idle_max: usize,
-    /// Idle time after which a connection is parked; `None` when it would time out first.
-    park_after: Option<Duration>,
-    /// `[server] fast_path`: off, every connection is handed to the full proxy once its first
-    /// head has been read and checked here (the whole-head timeout and size limit apply to it).
-    enabled: bool,
-    limits: LimitsConfig,
-    forwarding: ForwardingConfig,
-    /// `[listen] redirect_http`: plain requests get a 308 to this https port.
-    redirect_to: Option<u16>,
-    /// `[tls] min_version = "1.3"`.
+    /// `[tls] min_version = "1.3"` (a restart applies a change: the listeners' TLS settings
+    /// are built once).
     tls13_only: bool,
     /// The idle set, started by the first connection parked; `None` if it could not start.
     parking: OnceLock<Option<Arc<Parking>>>,
-    /// `[access_log]`, when on.
-    log: Option<Arc<AccessLog>>,
-    /// `[headers]`, with the slot header.
-    edge: EdgeHeaders,
-    /// `[[rate_limits]]`, shared with the full proxy.
-    rate: Arc<RateLimits>,
-    /// `[preview]` and `[canary]`.
-    slots: SlotPolicy,
-    /// `[compression]`, when on.
-    compression: Option<Compression>,
 }
 
 impl FastApp {
-    /// The fast path over `control`, handing over to `full`, whose service `lean` is (HTTP/2
-    /// streams are served with it); `rate` is the full proxy's.
+    /// The fast path over `control` and `policies`, handing over to `full`, whose service
+    /// `lean` is (HTTP/2 streams are served with it).
     pub(crate) fn new(
         control: Arc<Control>,
-        statics: Arc<StaticFiles>,
+        policies: Arc<Policies>,
         full: HttpProxy<Bascule>,
         lean: Bascule,
-        log: Option<Arc<AccessLog>>,
-        rate: Arc<RateLimits>,
     ) -> FastApp {
         let config = control.config();
-        let server = &config.server;
-        let slot_header = server.slot_header.as_ref().map(|h| h.as_bytes().to_vec());
-        let keepalive = server.keepalive_timeout;
-        let upstream_idle_max = config.upstream.keepalive_pool;
-        let park_after = Some(server.park_idle_after).filter(|&p| p < keepalive);
         FastApp {
-            slot_header,
-            keepalive,
-            upstream_idle_max,
-            park_after,
-            enabled: server.fast_path,
-            limits: config.limits.clone(),
-            forwarding: config.forwarding.clone(),
-            redirect_to: crate::wire::redirect_port(&config),
             tls13_only: config
                 .tls
                 .as_ref()
                 .is_some_and(|t| t.min_version == bascule_config::TlsVersion::V1_3),
             control,
-            statics,
+            policies,
             full: Arc::new(full),
             lean: Arc::new(lean),
             parking: OnceLock::new(),
-            log,
-            edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),
-            rate,
-            slots: SlotPolicy::new(config.preview.as_ref(), &config.canary),
-            compression: Compression::new(&config.compression),
         }
+    }
+
+    /// The edge policy now; a request keeps the one it loaded.
+    #[inline]
+    fn policy(&self) -> Arc<EdgePolicy> {
+        self.policies.load()
     }
 
     /// The idle set, started on first use.
@@ -152,34 +112,14 @@ impl FastApp {
             })
             .as_ref()
     }
+}
 
-    /// `name: slot\r\n`, or nothing when the header is off.
-    fn slot_line(&self, slot: SlotName, out: &mut Vec<u8>) {
-        if let Some(name) = &self.slot_header {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(slot.as_str().as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-
-    /// The sticky cookie naming `slot`, when `req` is to carry it.
-    fn cookie_line(&self, req: &Request, slot: SlotName, out: &mut Vec<u8>) {
-        if req.set_cookie {
-            out.extend_from_slice(b"set-cookie: ");
-            out.extend_from_slice(self.slots.set_cookie(slot).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-
-    /// What becomes of a client's forwarded headers, decided once per connection.
-    fn forwarding_of(&self, client: &Stream) -> (Forwarding, Peer, IpAddr) {
-        let addr = client
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        (forward::mode(&self.forwarding, addr), Peer::new(addr), addr)
-    }
+/// The client's address as a connection's requests read it.
+fn client_addr(client: &Stream) -> IpAddr {
+    client
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
 }
 
 /// The request body still to relay, if any, and where it comes from.
@@ -275,7 +215,7 @@ impl ServerApp for FastApp {
             }
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
                 self.control.metrics().connections.h2.inc();
-                let lean = self.enabled.then_some(&self.lean);
+                let lean = self.policy().fast_path.then_some(&self.lean);
                 crate::http::h2::serve(stream, &self.full, lean, shutdown).await;
                 return None;
             }
@@ -308,11 +248,13 @@ impl FastApp {
         tls: bool,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // A TLS request is never sent to https: it is there.
-        let redirect_to = if tls { None } else { self.redirect_to };
-        let (forwarding, peer, client_ip) = self.forwarding_of(&client);
+        let client_ip = client_addr(&client);
+        let peer = Peer::new(client_ip);
+        // The policy of the last request, for the idle wait before the next one, which loads
+        // its own.
+        let mut policy = self.policy();
         let mut buf = BytesMut::new();
-        let idle = tokio::time::sleep(self.keepalive);
+        let idle = tokio::time::sleep(policy.keepalive);
         tokio::pin!(idle);
         // The upstream request head, written from the checked fields; reused across requests.
         let mut scratch = Vec::new();
@@ -322,24 +264,27 @@ impl FastApp {
             let (routing, head) = loop {
                 if !buf.is_empty() {
                     let routing = self.control.load();
+                    policy = self.policy();
+                    let p = &*policy;
                     let route_of = |p: &str| {
                         let i = routing.route_index(p);
                         let to = i.map(|i| routing.routes[i].to);
                         (i, to == Some(RouteTarget::Static))
                     };
-                    let policy = Policy {
-                        redirect_to,
+                    let checks = Policy {
+                        // A TLS request is never sent to https: it is there.
+                        redirect_to: if tls { None } else { p.redirect_to },
                         tls,
-                        serve: self.enabled,
-                        limits: &self.limits,
-                        forwarding,
+                        serve: p.fast_path,
+                        limits: &p.limits,
+                        forwarding: forward::mode(&p.forwarding, client_ip),
                         peer: &peer,
                         route_of: &route_of,
-                        log: self.log.is_some(),
-                        slots: self.slots.reads_headers(&routing).then_some(&self.slots),
-                        compression: self.compression.as_ref(),
+                        log: p.logs(),
+                        slots: p.slots.reads_headers(&routing).then_some(&p.slots),
+                        compression: p.compression.as_ref(),
                     };
-                    match request::parse(&buf, &policy, &mut scratch) {
+                    match request::parse(&buf, &checks, &mut scratch) {
                         Head::Partial => {}
                         head => break (routing, head),
                     }
@@ -353,13 +298,13 @@ impl FastApp {
                     if keep {
                         buf.reserve(READ_CHUNK);
                     }
-                    let wait = self.park_after.unwrap_or(self.keepalive);
+                    let wait = policy.park_after.unwrap_or(policy.keepalive);
                     let mut read =
                         idle_read(&mut client, keep, &mut buf, &mut first, wait, idle.as_mut())
                             .await;
-                    if let (Err(_), Some(waited)) = (&read, self.park_after) {
+                    if let (Err(_), Some(waited)) = (&read, policy.park_after) {
                         // Silent for `waited` already: the rest of its keep-alive time is left.
-                        let left = self.keepalive - waited;
+                        let left = policy.keepalive.saturating_sub(waited);
                         let parking = if tls { None } else { self.parking(shutdown) };
                         match parking {
                             Some(parking) => {
@@ -390,14 +335,19 @@ impl FastApp {
                     // The whole head must arrive within `header_timeout` of its first byte,
                     // however it trickles in.
                     let started = *head_started.get_or_insert_with(Instant::now);
-                    let deadline = started + self.limits.header_timeout;
-                    buf.reserve(READ_CHUNK);
+                    let deadline = started + policy.limits.header_timeout;
+                    // Grown by doubling from the first read's 1 KiB (nginx's
+                    // `client_header_buffer_size`), not by a read chunk: a head that trickles
+                    // in holds no more than twice what it sent.
+                    if buf.capacity() - buf.len() < HEAD_GROW_MIN {
+                        buf.reserve(buf.capacity().max(IDLE_BUF));
+                    }
                     let read = client.read_buf(&mut buf);
                     match tokio::time::timeout_at(deadline.into(), read).await {
                         Ok(r) => Ok(r),
                         Err(_) => {
                             let why = Reject::HeadTimeout;
-                            self.refuse(&mut client, why, &buf, client_ip, started)
+                            self.refuse(&policy, &mut client, why, &buf, client_ip, started)
                                 .await;
                             return None;
                         }
@@ -413,7 +363,8 @@ impl FastApp {
                 Head::Partial => unreachable!("the loop above ends on a complete head"),
                 Head::Reject(r) => {
                     let started = head_started.unwrap_or_else(Instant::now);
-                    self.refuse(&mut client, r, &buf, client_ip, started).await;
+                    self.refuse(&policy, &mut client, r, &buf, client_ip, started)
+                        .await;
                     // The client may be sending a body (a 413): it is read and dropped a
                     // while, so the answer is not lost to a reset.
                     body::linger(&mut client).await;
@@ -421,7 +372,7 @@ impl FastApp {
                 }
                 Head::Redirect(location) => {
                     let started = head_started.unwrap_or_else(Instant::now);
-                    self.redirect(&mut client, &location, &buf, client_ip, started)
+                    self.redirect(&policy, &mut client, &location, &buf, client_ip, started)
                         .await;
                     return None;
                 }
@@ -431,14 +382,15 @@ impl FastApp {
                     return Box::pin(self.hand_over(client, tls, &buf, shutdown)).await
                 }
             };
-            if let Err(r) = self.rate.check(req.path.get(&buf), client_ip) {
+            if let Err(r) = policy.rate.check(req.path.get(&buf), client_ip) {
                 let started = head_started.unwrap_or_else(Instant::now);
-                self.refuse(&mut client, r, &buf, client_ip, started).await;
+                self.refuse(&policy, &mut client, r, &buf, client_ip, started)
+                    .await;
                 return None;
             }
             // What of the body came with the head goes upstream in the head's write; the rest
             // is relayed as it arrives.
-            let mut body = Incoming::new(req.body, &self.limits);
+            let mut body = Incoming::new(req.body, &policy.limits);
             let mut consumed = req.head_len;
             if let Some(b) = &mut body {
                 match b.take(&buf[consumed..]) {
@@ -451,7 +403,8 @@ impl FastApp {
                     }
                     Err(r) => {
                         let started = head_started.unwrap_or_else(Instant::now);
-                        self.refuse(&mut client, r, &buf, client_ip, started).await;
+                        self.refuse(&policy, &mut client, r, &buf, client_ip, started)
+                            .await;
                         body::linger(&mut client).await;
                         return None;
                     }
@@ -460,6 +413,7 @@ impl FastApp {
             let _ = buf.split_to(consumed);
             let next = self
                 .serve(
+                    &policy,
                     &mut client,
                     &mut req,
                     &routing,
@@ -479,8 +433,10 @@ impl FastApp {
     /// Serves one checked request; `head` is its upstream head (and the body bytes read with
     /// it), when it goes upstream; `body`: the connection's buffer, past the head, and the rest
     /// of the body still to relay from it and the client.
+    #[allow(clippy::too_many_arguments)]
     async fn serve(
         &self,
+        p: &EdgePolicy,
         client: &mut Stream,
         req: &mut Request,
         routing: &Arc<Routing>,
@@ -489,25 +445,22 @@ impl FastApp {
         client_ip: IpAddr,
     ) -> Next {
         let start = Instant::now();
-        let choice = self.slots.choose(routing, req.asked, client_ip);
+        let choice = p.slots.choose(routing, req.asked, client_ip);
         let slot = choice.slot;
         req.set_cookie = choice.set_cookie;
         req.preview = choice.preview;
-        if choice.preview {
-            self.control.metrics().preview_requests.inc();
-        }
-        let _guard = routing.counters.enter(slot);
+        let _guard = p.admit(routing, choice);
         // Found while the head was checked, with this same snapshot.
         let route = req.route.map(|i| &routing.routes[i]);
         let headers: &RouteHeaders = route.map_or(&[], |r| &r.headers);
         let done = match (&req.statics, route) {
             (Some(header), Some(route)) => {
-                let mut resp = self.statics.answer(header, routing, slot, route).await;
-                self.edge.apply(headers, &mut resp.header, false);
+                let mut resp = p.statics.answer(header, routing, slot, route).await;
+                p.edge.apply(headers, &mut resp.header, false);
                 let bytes = resp.body_len(req.head_method);
                 let mut extra = Vec::with_capacity(48);
-                self.slot_line(slot, &mut extra);
-                self.cookie_line(req, slot, &mut extra);
+                p.slot_line(slot, &mut extra);
+                p.cookie_line(req.set_cookie, slot, &mut extra);
                 if req.close {
                     extra.extend_from_slice(b"connection: close\r\n");
                 }
@@ -536,24 +489,19 @@ impl FastApp {
                     rest: &mut rest,
                     started: false,
                 };
-                self.proxy(client, req, routing, slot, head, headers, &mut relay)
+                self.proxy(p, client, req, routing, slot, head, headers, &mut relay)
                     .await
             }
         };
-        let elapsed = start.elapsed();
-        self.control.metrics().observe(slot, done.status, elapsed);
-        if let Some(log) = &self.log {
-            log.log(Entry {
-                time: SystemTime::now() - elapsed,
-                client: Some(client_ip),
-                request: req.log.take().unwrap_or_default(),
-                status: done.status,
-                bytes: done.bytes,
-                duration: elapsed,
-                slot: Some(slot),
-                upstream: done.member.map(|m| m.address.clone()),
-            });
-        }
+        p.record(Done {
+            start,
+            client: Some(client_ip),
+            request: req.log.take(),
+            status: done.status,
+            bytes: done.bytes,
+            slot: Some(slot),
+            upstream: done.member.map(|m| m.address.clone()),
+        });
         done.next
     }
 }

@@ -4,6 +4,7 @@
 use bytes::BytesMut;
 use pingora_core::protocols::Stream;
 
+use crate::http::edge::EdgePolicy;
 use crate::slots::routing::{Member, Routing};
 use crate::wire::date_line;
 use crate::wire::headers::RouteHeaders;
@@ -23,6 +24,7 @@ impl FastApp {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn proxy<'r>(
         &self,
+        p: &EdgePolicy,
         client: &mut Stream,
         req: &Request,
         routing: &'r Routing,
@@ -39,6 +41,7 @@ impl FastApp {
             };
             let tried = self
                 .attempt(
+                    p,
                     client,
                     req,
                     routing,
@@ -61,13 +64,17 @@ impl FastApp {
                 }
             }
         };
-        Answered::error(self.respond_error(client, slot, code, headers).await)
+        Answered {
+            member: tries.last(),
+            ..Answered::error(self.respond_error(p, client, slot, code, headers).await)
+        }
     }
 
     /// One attempt on `member`. Errors are returned only while nothing has reached the client.
     #[allow(clippy::too_many_arguments)]
     async fn attempt<'r>(
         &self,
+        p: &EdgePolicy,
         client: &mut Stream,
         req: &Request,
         routing: &Routing,
@@ -83,7 +90,7 @@ impl FastApp {
             upstream::send(member, exchanges, slot, fresh_only, head).await?;
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(1024);
-        let drop = |name: &[u8]| self.edge.drops(headers, name);
+        let drop = |name: &[u8]| p.edge.drops(headers, name);
         // The upstream answered before the whole body was sent: the client's connection ends
         // after the response, the rest of its body unread.
         let mut early = false;
@@ -99,7 +106,7 @@ impl FastApp {
                 Err(BodyError::Upstream) => return Err(Failure::Exchange),
                 Err(BodyError::Client(r)) => {
                     let code = r.status();
-                    self.respond_error(client, slot, code, headers).await;
+                    self.respond_error(p, client, slot, code, headers).await;
                     body::linger(client).await;
                     return Ok(Answered {
                         member: Some(member),
@@ -136,12 +143,12 @@ impl FastApp {
         if !h.has_date {
             date_line(&mut out);
         }
-        self.slot_line(slot, &mut out);
-        self.cookie_line(req, slot, &mut out);
-        self.edge.write_h1(headers, &mut out);
+        p.slot_line(slot, &mut out);
+        p.cookie_line(req.set_cookie, slot, &mut out);
+        p.edge.write_h1(headers, &mut out);
         // Planned on the head as the client would get it, as the full proxy does: a `Vary`
         // set by `[headers]` is merged with the one compression adds, not written twice.
-        let encoder = self
+        let encoder = p
             .compression
             .as_ref()
             .and_then(|c| compress::plan(c, req.negotiated, &h, &mut out));
@@ -162,7 +169,7 @@ impl FastApp {
         // preview's does (else every preview of the idle slot opens a new connection): at
         // most `keepalive_pool` per member, dropped with the member or taken when stale.
         if done.upstream_ok && !early && (req.preview || self.control.takes_traffic(slot)) {
-            member.idle.put(ex.conn.release(), self.upstream_idle_max);
+            member.idle.put(ex.conn.release(), p.pool_max);
         } else if early {
             std::mem::drop(ex);
             body::linger(client).await;

@@ -35,7 +35,8 @@ use pingora_core::server::ShutdownWatch;
 mod proxy;
 
 use crate::http::coalesce::Coalesced;
-use crate::http::service::{Bascule, Done};
+use crate::http::edge::Done;
+use crate::http::service::Bascule;
 use crate::wire::access_log::LogRequest;
 
 /// Malformed streams a connection may open before it is closed, as Pingora's loop allows.
@@ -177,18 +178,19 @@ impl Bascule {
     /// back untouched otherwise, for the full proxy.
     fn answer_h2(&self, mut session: HttpSession, client: Option<IpAddr>) -> Taken {
         let start = Instant::now();
+        let p = self.policy();
         let req = session.req_header();
         if !session.is_body_empty() || req.method == http::Method::CONNECT {
             return Taken::Full(Box::new(session));
         }
         // A refused head is answered by the full proxy, with the same policy.
         let mut head = Vec::with_capacity(256);
-        let Ok(verdict) = self.upstream_head(req, client, &mut head) else {
+        let Ok(verdict) = p.upstream_head(req, client, &mut head) else {
             return Taken::Full(Box::new(session));
         };
         let routing = self.routing();
         let ip = client.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let choice = self.choose(req, &routing, ip);
+        let choice = p.choose(req, &routing, ip);
         let head_only = req.method == http::Method::HEAD;
         let idempotent = crate::wire::retry::idempotent(req.method.as_str());
         let (target, route) = routing.target(&verdict.path);
@@ -197,21 +199,21 @@ impl Bascule {
             RouteTarget::Static
                 if !verdict.rewritten && (head_only || req.method == http::Method::GET) =>
             {
-                match self.statics().answer_now(req, &routing, choice.slot) {
+                match p.statics.answer_now(req, &routing, choice.slot) {
                     Some(resp) => Plan::Static(resp),
                     None => return Taken::Full(Box::new(session)),
                 }
             }
-            RouteTarget::Upstream if self.proxies_h2() => {
+            RouteTarget::Upstream if p.proxies_h2() => {
                 Plan::Upstream(route.map(|r| r.headers.clone()))
             }
             _ => return Taken::Full(Box::new(session)),
         };
         // Taken here from now on: counted, logged, answered.
-        let request = self.logs().then(|| Box::new(LogRequest::from_pingora(req)));
-        if let Err(why) = self.rate_check(&verdict.path, ip) {
+        let request = p.logs().then(|| Box::new(LogRequest::from_pingora(req)));
+        if let Err(why) = p.rate.check(&verdict.path, ip) {
             let (mut status, mut len) = (0, 0);
-            if let Some((head, body)) = self.refusal(&why) {
+            if let Some((head, body)) = p.refusal(&why) {
                 let code = head.status.as_u16();
                 len = body.len() as u64;
                 if session.write_response_header(Box::new(head), false).is_ok()
@@ -220,21 +222,22 @@ impl Bascule {
                     status = code;
                 }
             }
-            self.record(done(start, client, request, status, len, None));
+            p.record(done(start, client, request, status, len, None));
             return Taken::Answered;
         }
-        let inflight = self.admit(&routing, choice);
+        let inflight = p.admit(&routing, choice);
         match plan {
             Plan::Static(mut resp) => {
                 let route = route.map_or(&[][..], |r| &r.headers[..]);
-                self.dress_static(&mut resp.header, choice, route);
+                p.dress_static(&mut resp.header, choice, route);
                 let bytes = resp.body_len(head_only);
                 let status = resp.write_h2_now(&mut session, head_only);
                 let slot = Some(choice.slot);
-                self.record(done(start, client, request, status, bytes, slot));
+                p.record(done(start, client, request, status, bytes, slot));
                 Taken::Answered
             }
             Plan::Upstream(route) => Taken::Proxied(Box::new(proxy::Proxied {
+                policy: p,
                 session,
                 start,
                 client,

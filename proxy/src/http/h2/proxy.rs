@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::v2::server::HttpSession;
 
 use crate::http::attempts::Attempts;
+use crate::http::edge::EdgePolicy;
 use crate::http::service::Bascule;
 use crate::http::upstream::{self, Exchange, Sink, READ_CHUNK};
 use crate::slots::choice::Choice;
@@ -31,6 +32,8 @@ use super::done;
 /// A stream taken by the loop for proxying: counted against its slot, its upstream head
 /// written.
 pub(super) struct Proxied {
+    /// The edge policy the stream was taken with, kept to its end.
+    pub(super) policy: Arc<EdgePolicy>,
     pub(super) session: HttpSession,
     pub(super) start: Instant,
     pub(super) client: Option<IpAddr>,
@@ -72,7 +75,7 @@ impl Bascule {
             slot,
         );
         d.upstream = out.member.map(|m| m.address.clone());
-        self.record(d);
+        p.policy.record(d);
     }
 
     async fn exchange<'r>(&self, p: &mut Proxied, routing: &'r Routing) -> Outcome<'r> {
@@ -91,7 +94,10 @@ impl Bascule {
                 }
             }
         };
-        self.fail(p, code)
+        Outcome {
+            member: tries.last(),
+            ..self.fail(p, code)
+        }
     }
 
     /// One attempt on `member`; errors are returned only while nothing has reached the client.
@@ -106,17 +112,18 @@ impl Bascule {
         let exchanges = &routing.counters.exchanges;
         let mut ex: Exchange<'_> =
             upstream::send(member, exchanges, slot, fresh_only, &p.head).await?;
+        let policy = p.policy.clone();
         let route = p.route.as_deref().unwrap_or_default();
-        let drop = |name: &[u8]| self.edge().drops(route, name);
+        let drop = |name: &[u8]| policy.edge.drops(route, name);
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(1024);
         let mut sink = Sink::H2(&mut p.session);
         let h = upstream::read_head(&mut ex, &mut sink, p.head_only, &drop, &mut ubuf, &mut out)
             .await?;
         let mut resp = response_from_h1(&out).ok_or(Failure::Exchange)?;
-        self.edge().apply(route, &mut resp, false);
-        self.tag(&mut resp, slot);
-        self.sticky_cookie(&mut resp, slot, p.choice.set_cookie);
+        policy.edge.apply(route, &mut resp, false);
+        policy.tag(&mut resp, slot);
+        policy.sticky_cookie(&mut resp, slot, p.choice.set_cookie);
         let mut body = Vec::new();
         let start = upstream::start(&h, &ubuf[h.len..], &mut body, true)?;
         let whole = start.whole().map(|in_step| in_step && !h.close);
@@ -151,7 +158,7 @@ impl Bascule {
         // A slot that left duty while this request ran does not get its connection back; a
         // preview's does.
         if done.upstream_ok && (p.choice.preview || self.takes_traffic(slot)) {
-            member.idle.put(ex.conn.release(), self.pool_max());
+            member.idle.put(ex.conn.release(), policy.pool_max);
         }
         // A stream whose body was cut short is reset, never ended as if whole.
         if !done.client_ok {
@@ -172,7 +179,7 @@ impl Bascule {
             bytes: 0,
             member: None,
         };
-        if let Some((resp, body)) = self.error_answer(code, Some(p.choice.slot), route) {
+        if let Some((resp, body)) = p.policy.error_answer(code, Some(p.choice.slot), route) {
             let len = body.len() as u64;
             if p.session
                 .write_response_header(Box::new(resp), false)

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use ::pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use async_trait::async_trait;
-use bascule_config::{ForwardingConfig, HeaderLines, LimitsConfig, RouteTarget};
+use bascule_config::{HeaderLines, RouteTarget};
 use bytes::Bytes;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::protocols::Digest;
@@ -19,81 +19,44 @@ use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::ResponseHeader;
 
 use crate::control::Control;
-use crate::slots::choice::SlotPolicy;
+use crate::http::edge::{Done, EdgePolicy, Policies};
 use crate::slots::counters::InflightGuard;
 use crate::slots::routing::Routing;
-use crate::statics::StaticFiles;
-use crate::wire::access_log::{AccessLog, LogRequest};
-use crate::wire::compress::{self, Compression, Encoder, Facts, Negotiated, Plan};
-use crate::wire::headers::EdgeHeaders;
+use crate::wire::access_log::LogRequest;
+use crate::wire::compress::{self, Encoder, Facts, Negotiated, Plan};
 use crate::wire::pingora;
-use crate::wire::rate_limit::RateLimits;
 use crate::wire::retry::{self, Failure, Retries};
 use crate::SlotName;
 
 mod policy;
 
-pub(crate) use policy::Done;
-
-/// The proxy service. Cloned for the HTTP/2 loop, which serves in-memory static answers with
-/// the same policy (`super::h2`); the clones share their state (rate counts, log, snapshot).
+/// The proxy service. Cloned for the HTTP/2 loop, which serves in-memory static answers and
+/// proxies bodiless streams with the same policy (`super::h2`); the clones share their state.
 #[derive(Clone)]
 pub struct Bascule {
     control: Arc<Control>,
-    slot_header: Option<Bytes>,
-    statics: Arc<StaticFiles>,
-    limits: LimitsConfig,
-    forwarding: ForwardingConfig,
-    /// `[listen] redirect_http`: plain requests get a 308 to this https port.
-    redirect_to: Option<u16>,
-    /// `[access_log]`, when on.
-    log: Option<Arc<AccessLog>>,
-    /// `[headers]`, with the slot header.
-    edge: EdgeHeaders,
-    /// `[[rate_limits]]`, counted once for every path.
-    rate: Arc<RateLimits>,
-    /// `[preview]` and `[canary]`.
-    slots: SlotPolicy,
-    /// `[compression]`, when on.
-    compression: Option<Compression>,
-    /// `[upstream] keepalive_pool`: idle connections kept per member by the HTTP/2 loop's
-    /// proxying, in the members' own pools (the fast path's).
-    pool_max: usize,
+    /// The edge policy in force, loaded once per request.
+    policies: Arc<Policies>,
 }
 
 impl Bascule {
-    /// A proxy over `control`'s snapshots, serving static routes with `statics`, logging
-    /// every request to `log`, counting requests against `rate` (shared with the fast path).
-    pub(crate) fn new(
-        control: Arc<Control>,
-        statics: Arc<StaticFiles>,
-        log: Option<Arc<AccessLog>>,
-        rate: Arc<RateLimits>,
-    ) -> Bascule {
-        let config = control.config();
-        Bascule {
-            slot_header: config
-                .server
-                .slot_header
-                .as_ref()
-                .map(|h| Bytes::from(h.clone())),
-            statics,
-            limits: config.limits.clone(),
-            forwarding: config.forwarding.clone(),
-            redirect_to: crate::wire::redirect_port(&config),
-            edge: EdgeHeaders::new(&config.headers, config.server.slot_header.as_deref()),
-            rate,
-            slots: SlotPolicy::new(config.preview.as_ref(), &config.canary),
-            compression: Compression::new(&config.compression),
-            pool_max: config.upstream.keepalive_pool,
-            control,
-            log,
-        }
+    /// A proxy over `control`'s snapshots and `policies`' edge policy (shared with the fast
+    /// path and the HTTP/2 loop).
+    pub(crate) fn new(control: Arc<Control>, policies: Arc<Policies>) -> Bascule {
+        Bascule { control, policies }
+    }
+
+    /// The edge policy now; a request keeps the one it loaded.
+    #[inline]
+    pub(crate) fn policy(&self) -> Arc<EdgePolicy> {
+        self.policies.load()
     }
 }
 
 /// What one request carries from hook to hook.
 pub struct RequestCtx {
+    /// The edge policy this request reads, loaded when it began.
+    policy: Arc<EdgePolicy>,
     /// The snapshot this request was routed with; kept to the end of the request.
     routing: Option<Arc<Routing>>,
     /// Counts this request against its slot until dropped with the context.
@@ -112,8 +75,6 @@ pub struct RequestCtx {
     upstream_fd: Option<RawFd>,
     /// Key of this connection among the slot's upgraded connections.
     upgraded: Option<u64>,
-    /// An upstream's response head reached the response phase.
-    upstream_answered: bool,
     /// The head as the client sent it, for the access log (copied before it is rewritten).
     log_request: Option<Box<LogRequest>>,
     /// The route's own response headers.
@@ -168,6 +129,7 @@ impl ProxyHttp for Bascule {
     /// Runs before any hook of a request: an empty context, the clock started.
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
+            policy: self.policy(),
             routing: None,
             guard: None,
             slot: SlotName::Blue,
@@ -177,7 +139,6 @@ impl ProxyHttp for Bascule {
             body_bytes: 0,
             upstream_fd: None,
             upgraded: None,
-            upstream_answered: false,
             log_request: None,
             route_headers: None,
             negotiated: Negotiated::Off,
@@ -196,15 +157,16 @@ impl ProxyHttp for Bascule {
     /// split), counts the request against it, and answers static routes here entirely
     /// (`Ok(true)`). `Ok(false)` sends the request on to [`Self::upstream_peer`].
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let p = ctx.policy.clone();
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if self.log.is_some() {
+        if p.logs() {
             ctx.log_request = Some(Box::new(LogRequest::from_pingora(session.req_header())));
         }
         // Read before the head is rewritten: as on the fast path, the first value as sent.
-        if let Some(c) = &self.compression {
+        if let Some(c) = &p.compression {
             let req = session.req_header();
             ctx.negotiated = c.negotiate(
                 req.method == http::Method::HEAD,
@@ -216,16 +178,16 @@ impl ProxyHttp for Bascule {
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let client = peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let checked = self
+        let checked = p
             .check(session.req_header(), peer, tls)
-            .and_then(|(v, edit)| self.rate.check(&v.path, client).map(|()| (v, edit)));
+            .and_then(|(v, edit)| p.rate.check(&v.path, client).map(|()| (v, edit)));
         let verdict = match checked {
             Ok((v, edit)) => {
                 edit.apply(session.req_header_mut());
                 v
             }
             Err(why) => {
-                if let Some((resp, body)) = self.refusal(&why) {
+                if let Some((resp, body)) = p.refusal(&why) {
                     let _ = session.write_error_response(resp, body).await;
                 }
                 return Ok(true);
@@ -235,28 +197,25 @@ impl ProxyHttp for Bascule {
             let body = Bytes::from_static(b"moved to https\n");
             if let Some(mut resp) = pingora::own_response_header(308, body.len()) {
                 let _ = resp.insert_header(http::header::LOCATION, location);
-                self.edge.apply(&[], &mut resp, false);
+                p.edge.apply(&[], &mut resp, false);
                 let _ = session.write_error_response(resp, body).await;
             }
             return Ok(true);
         }
         // Between two reads of the body, as the fast path waits for a head.
-        session.set_read_timeout(Some(self.limits.body_timeout));
+        session.set_read_timeout(Some(p.limits.body_timeout));
         let routing = self.control.load();
-        let choice = self.choose(session.req_header(), &routing, client);
+        let choice = p.choose(session.req_header(), &routing, client);
         let slot = choice.slot;
         ctx.slot = slot;
         ctx.set_cookie = choice.set_cookie;
-        ctx.guard = Some(self.admit(&routing, choice));
+        ctx.guard = Some(p.admit(&routing, choice));
         let (target, route) = routing.target(&verdict.path);
         ctx.route_headers = route.map(|r| r.headers.clone());
         if let (RouteTarget::Static, Some(route)) = (target, route) {
             let route = route.clone();
-            let mut resp = self
-                .statics
-                .respond(session, &routing, slot, &route)
-                .await?;
-            self.dress_static(&mut resp.header, choice, &route.headers);
+            let mut resp = p.statics.respond(session, &routing, slot, &route).await?;
+            p.dress_static(&mut resp.header, choice, &route.headers);
             resp.send(session).await?;
             ctx.routing = Some(routing);
             return Ok(true);
@@ -276,7 +235,7 @@ impl ProxyHttp for Bascule {
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > self.limits.max_body_bytes {
+            if ctx.body_bytes > ctx.policy.limits.max_body_bytes {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
             }
         }
@@ -390,22 +349,22 @@ impl ProxyHttp for Bascule {
             upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
             session.set_keepalive(None);
         }
-        let slot_header = self
+        let p = &ctx.policy;
+        let slot_header = p
             .slot_header
             .as_ref()
             .and_then(|h| std::str::from_utf8(h).ok());
         pingora::clean_response(upstream_response, slot_header);
         let route = ctx.route_headers.as_deref().unwrap_or_default();
-        self.edge.apply(route, upstream_response, true);
-        self.tag(upstream_response, ctx.slot);
-        self.sticky_cookie(upstream_response, ctx.slot, ctx.set_cookie);
-        ctx.upstream_answered = true;
+        p.edge.apply(route, upstream_response, true);
+        p.tag(upstream_response, ctx.slot);
+        p.sticky_cookie(upstream_response, ctx.slot, ctx.set_cookie);
         if upstream_response.status == 101 {
             if let (Some(fd), Some(r)) = (ctx.upstream_fd.take(), &ctx.routing) {
                 ctx.upgraded = r.counters.upgraded.register(ctx.slot, fd);
             }
         }
-        if let Some(c) = &self.compression {
+        if let Some(c) = &ctx.policy.compression {
             let plan = c.plan(ctx.negotiated, &Facts::of_pingora(upstream_response));
             let h1 = session.req_header().version != http::Version::HTTP_2;
             compress::apply_pingora(plan, upstream_response, h1);
@@ -455,7 +414,7 @@ impl ProxyHttp for Bascule {
         let slot = ctx.guard.is_some().then_some(ctx.slot);
         let route = ctx.route_headers.as_deref().unwrap_or_default();
         if let Some((resp, body)) = (code > 0)
-            .then(|| self.error_answer(code, slot, route))
+            .then(|| ctx.policy.error_answer(code, slot, route))
             .flatten()
         {
             let _ = session.write_error_response(resp, body).await;
@@ -470,16 +429,18 @@ impl ProxyHttp for Bascule {
     /// slot) and the access log line (of every request, refused ones too). The in-flight guard
     /// drops with the context right after.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let request = match (&self.log, ctx.log_request.take()) {
-            (None, _) => None,
-            (Some(_), Some(r)) => Some(r),
-            (Some(_), None) => Some(Box::new(LogRequest::from_pingora(session.req_header()))),
+        let request = match (ctx.policy.logs(), ctx.log_request.take()) {
+            (false, _) => None,
+            (true, Some(r)) => Some(r),
+            (true, None) => Some(Box::new(LogRequest::from_pingora(session.req_header()))),
         };
-        let upstream = match (ctx.upstream_answered, ctx.member, &ctx.routing) {
-            (true, Some(i), Some(r)) => r.slot(ctx.slot).pool.members().get(i),
+        // The member that answered, or the last one tried when none did (nginx's
+        // `$upstream_addr` of a 502).
+        let upstream = match (ctx.member, &ctx.routing) {
+            (Some(i), Some(r)) => r.slot(ctx.slot).pool.members().get(i),
             _ => None,
         };
-        self.record(Done {
+        ctx.policy.record(Done {
             start: ctx.start,
             client: session
                 .client_addr()
