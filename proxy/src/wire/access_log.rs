@@ -10,9 +10,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bascule_config::{AccessLogConfig, AccessLogFormat, AccessLogPath};
@@ -169,13 +168,12 @@ impl AccessLog {
                 path: path.clone(),
             },
         };
-        let reopen = Arc::new(AtomicBool::new(false));
-        watch_sigusr1(reopen.clone())?;
+        let reopen = watch_sigusr1()?;
         let (tx, rx) = sync_channel(config.buffer);
         let format = config.format;
         std::thread::Builder::new()
             .name("bascule-access-log".into())
-            .spawn(move || write_lines(rx, sink, format, &reopen))
+            .spawn(move || write_lines(rx, sink, format, reopen))
             .map_err(AccessLogError::Start)?;
         Ok(AccessLog { tx, dropped })
     }
@@ -200,28 +198,51 @@ fn open(path: &Path) -> Result<File, AccessLogError> {
         })
 }
 
-/// Sets `flag` on every SIGUSR1. The handler is installed before this returns, so a signal
-/// sent once the proxy runs never takes the default action (ending the process).
-fn watch_sigusr1(flag: Arc<AtomicBool>) -> Result<(), AccessLogError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(AccessLogError::Start)?;
-    let mut usr1 = rt
-        .block_on(async { signal(SignalKind::user_defined1()) })
-        .map_err(AccessLogError::Start)?;
-    std::thread::Builder::new()
-        .name("bascule-sigusr1".into())
-        .spawn(move || {
-            rt.block_on(async {
-                while usr1.recv().await.is_some() {
-                    flag.store(true, Ordering::Release);
-                }
-            })
-        })
-        .map_err(AccessLogError::Start)?;
-    Ok(())
+/// SIGUSR1s received so far, counted by one watcher for the whole process: a writer reopens
+/// its file when the count moved since it last looked (a log started by `reload` shares it).
+static SIGUSR1S: AtomicU64 = AtomicU64::new(0);
+
+/// Installs the process's SIGUSR1 watcher, once. The handler is installed before this returns,
+/// so a signal sent once the proxy runs never takes the default action (ending the process).
+/// It runs on a thread of its own (with its own small runtime), so this may be called from
+/// anywhere, a reload on the proxy's runtime included.
+fn watch_sigusr1() -> Result<&'static AtomicU64, AccessLogError> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        let (ready, wait) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("bascule-sigusr1".into())
+            .spawn(move || {
+                use tokio::signal::unix::{signal, SignalKind};
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return drop(ready.send(Err(e.to_string()))),
+                };
+                rt.block_on(async {
+                    let mut usr1 = match signal(SignalKind::user_defined1()) {
+                        Ok(s) => s,
+                        Err(e) => return drop(ready.send(Err(e.to_string()))),
+                    };
+                    let _ = ready.send(Ok(()));
+                    while usr1.recv().await.is_some() {
+                        SIGUSR1S.fetch_add(1, Ordering::Release);
+                    }
+                })
+            });
+        match spawned {
+            Ok(_) => wait
+                .recv()
+                .unwrap_or_else(|_| Err("the watcher ended".into())),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    match installed {
+        Ok(()) => Ok(&SIGUSR1S),
+        Err(e) => Err(AccessLogError::Start(std::io::Error::other(e.clone()))),
+    }
 }
 
 /// Where the writer writes.
@@ -261,13 +282,16 @@ impl Sink {
 
 /// The writer thread: every [`TICK`], formats and writes what the requests queued, then
 /// flushes; until every sender is gone.
-fn write_lines(rx: Receiver<Entry>, mut sink: Sink, format: AccessLogFormat, reopen: &AtomicBool) {
+fn write_lines(rx: Receiver<Entry>, mut sink: Sink, format: AccessLogFormat, reopen: &AtomicU64) {
+    let mut seen = reopen.load(Ordering::Acquire);
     let mut line = Vec::with_capacity(512);
     let mut failed = false;
     loop {
         std::thread::sleep(TICK);
         // Looked at before writing: an entry written after the signal goes to the new file.
-        if reopen.swap(false, Ordering::Acquire) {
+        let now = reopen.load(Ordering::Acquire);
+        if now != seen {
+            seen = now;
             sink.reopen();
         }
         let mut result = Ok(());
