@@ -159,3 +159,53 @@ fn a_canary_answering_500_ends_the_split() {
     assert!((0..10).all(|_| get(proxy.addr, "/").unwrap().status == 200));
     assert_eq!(metric(metrics, "bascule_auto_rollbacks_total"), Some(1));
 }
+
+#[test]
+fn under_load_the_rollback_comes_at_the_request_that_crosses_the_threshold() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
+    let green = broken();
+    let (proxy, _metrics) = proxy(blue.addr(), green.addr());
+    proxy.admin_ok("flip green");
+    let (failed, served) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    const CLIENTS: usize = 4;
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (failed, served, addr) = (failed.clone(), served.clone(), proxy.addr);
+            std::thread::spawn(move || {
+                let mut conn = bascule_tests::http::Conn::connect(addr).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut blue_in_a_row = 0;
+                while blue_in_a_row < 20 && Instant::now() < deadline {
+                    let Ok(r) = conn.get("/", &[]) else {
+                        conn = bascule_tests::http::Conn::connect(addr).unwrap();
+                        continue;
+                    };
+                    served.fetch_add(1, Ordering::Relaxed);
+                    if r.status >= 500 {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        blue_in_a_row = 0;
+                    } else if r.slot() == Some("blue") {
+                        blue_in_a_row += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(proxy.status().active, SlotName::Blue);
+    let failed = failed.load(Ordering::Relaxed);
+    eprintln!(
+        "automatic rollback: {failed} failed of {} requests",
+        served.load(Ordering::Relaxed)
+    );
+    // The 20 the threshold needs, the requests in flight when it was crossed, and those that
+    // start while the flip is made: a few, not a polling interval's worth.
+    assert!(
+        failed <= 20 + 3 * CLIENTS as u64,
+        "{failed} requests failed"
+    );
+}

@@ -1,8 +1,9 @@
 //! The automatic rollback (`[rollback] auto = true`).
 //!
 //! After a flip, a deploy's flip or a weights change, the slot that just took traffic is
-//! watched for `window`: every [`POLL`], its answers since the change are read from the
-//! per-slot stats ([`Stats`](crate::slots::stats::Stats)). Once it has answered
+//! watched for `window`: at every 5xx it answers (the request path wakes the watch) and every
+//! [`POLL`] besides, its answers since the change are read from the per-slot stats
+//! ([`Stats`](crate::slots::stats::Stats)). Once it has answered
 //! `min_requests`, a 5xx share above `max_error_ratio` flips back to the slot it replaced —
 //! a flip like any other (drain watch, state file, `bascule_flips_total`), recorded as
 //! `last_rollback` in the snapshot and the state file, counted in
@@ -24,7 +25,7 @@ use crate::slots::routing::RollbackRecord;
 use crate::slots::stats::StatsSnapshot;
 use crate::SlotName;
 
-/// How often a watched slot's counts are read.
+/// How often a watched slot's counts are read when no 5xx woke the watch.
 const POLL: Duration = Duration::from_millis(50);
 
 /// A record as `status` and the state file show it.
@@ -113,8 +114,12 @@ impl Control {
         let deadline = Instant::now() + cfg.window;
         let mut told = false;
         let mut tick = tokio::time::interval(POLL);
+        let errors = &self.metrics.errors_seen[slot.index()];
         while Instant::now() < deadline {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = errors.notified() => {}
+            }
             if self.watch_token.load(Ordering::SeqCst) != token {
                 return;
             }
@@ -144,8 +149,12 @@ impl Control {
         back_to: SlotName,
         reason: String,
     ) -> Attempt {
-        if let Some(why) = self.refusal(back_to).await {
-            return Attempt::Refused(why);
+        // A slot known healthy is gone back to at once: every request until the flip fails.
+        // Only one that is not is probed again first (and refused if it still fails).
+        if !self.load().slot(back_to).pool.any_healthy() {
+            if let Some(why) = self.refusal(back_to).await {
+                return Attempt::Refused(why);
+            }
         }
         let w = self.write.lock().await;
         if self.watch_token.load(Ordering::SeqCst) != token {

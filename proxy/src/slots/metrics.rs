@@ -42,6 +42,9 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Client connections accepted, by how they are served.
     pub connections: Connections,
+    /// Woken by every 5xx a slot answers: the automatic rollback judges at the request that
+    /// crosses its threshold, not at its next look.
+    pub errors_seen: [tokio::sync::Notify; 2],
 }
 
 /// `bascule_connections_total`: client connections accepted, by transport (`plain`, `tls`) and
@@ -212,6 +215,7 @@ impl Metrics {
             auto_rollbacks,
             preview_requests,
             stats: Stats::default(),
+            errors_seen: [tokio::sync::Notify::new(), tokio::sync::Notify::new()],
             access_log_dropped,
             rate_limited,
             connections,
@@ -236,6 +240,9 @@ impl Metrics {
         }
         self.durations[slot.index()].observe(elapsed.as_secs_f64());
         self.stats.observe(slot, code, elapsed);
+        if code >= 500 {
+            self.errors_seen[slot.index()].notify_one();
+        }
     }
 
     /// Marks `slot` as the active one.
