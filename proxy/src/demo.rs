@@ -70,10 +70,17 @@ impl Upstream {
                     .expect("upstream runtime");
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(std_listener).expect("listener");
+                    let mut backoff = crate::fd::AcceptBackoff::new("demo upstream");
                     loop {
                         tokio::select! {
                             accepted = listener.accept() => {
-                                let Ok((stream, _)) = accepted else { continue };
+                                let stream = match accepted {
+                                    Ok((stream, _)) => stream,
+                                    Err(e) => {
+                                        backoff.failed(&e).await;
+                                        continue;
+                                    }
+                                };
                                 let (h, s, body, name) = (h.clone(), s.clone(), body.clone(), name.clone());
                                 tokio::spawn(async move {
                                     let _ = serve_conn(stream, &name, &body, &h, &s).await;

@@ -69,6 +69,8 @@ pub struct RequestCtx {
     member: Option<usize>,
     /// The attempts so far, by the shared retry rules.
     retries: Retries,
+    /// The slot's drain-cut epoch when the request was routed.
+    cut_epoch: u64,
     /// Request body bytes seen, against `[limits] max_body_bytes`.
     body_bytes: u64,
     /// Upstream socket of an upgrade request, registered once the upstream answers 101.
@@ -136,6 +138,7 @@ impl ProxyHttp for Bascule {
             set_cookie: false,
             member: None,
             retries: Retries::default(),
+            cut_epoch: 0,
             body_bytes: 0,
             upstream_fd: None,
             upgraded: None,
@@ -210,6 +213,7 @@ impl ProxyHttp for Bascule {
         ctx.slot = slot;
         ctx.set_cookie = choice.set_cookie;
         ctx.guard = Some(p.admit(&routing, choice));
+        ctx.cut_epoch = routing.counters.exchanges.cut_epoch(slot);
         let (target, route) = routing.target(&verdict.path);
         ctx.route_headers = route.map(|r| r.headers.clone());
         if let (RouteTarget::Static, Some(route)) = (target, route) {

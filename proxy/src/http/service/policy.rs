@@ -10,8 +10,17 @@ use crate::SlotName;
 use super::{Bascule, RequestCtx};
 
 impl Bascule {
-    /// Records a failed attempt; whether to try again (`wire::retry`).
+    /// Records a failed attempt; whether to try again (`wire::retry`). As on the paths that
+    /// proxy themselves (`http::attempts`), a slot whose exchanges a drain timeout cut since
+    /// the request began is not retried on: they were cut on purpose.
     pub(super) fn again(&self, ctx: &mut RequestCtx, failure: Failure, replayable: bool) -> bool {
+        let cut = ctx
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.counters.exchanges.cut_epoch(ctx.slot) != ctx.cut_epoch);
+        if cut {
+            return false;
+        }
         let members = ctx
             .routing
             .as_ref()
