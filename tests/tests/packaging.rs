@@ -5,7 +5,8 @@
 fn the_docker_build_stage_installs_what_the_build_needs() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
-    let build_stage = dockerfile.split("\nFROM ").next().expect("a build stage");
+    // The text from the first `FROM` to the second: the build stage.
+    let build_stage = dockerfile.split("\nFROM ").nth(1).expect("a build stage");
     let setup = std::fs::read_to_string(root.join("scripts/setup.sh")).unwrap();
     for package in ["cmake", "protobuf-compiler"] {
         assert!(
