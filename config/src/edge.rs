@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default longest wait between two reads of a request body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default longest time an HTTP/2 connection may take no byte of what it is sent (nginx's
+/// `send_timeout`): then it is closed, with all it had queued.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `[forwarding]`: the `X-Forwarded-*` and `X-Real-IP` headers of proxied requests.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +61,8 @@ pub struct LimitsConfig {
     pub header_timeout: Duration,
     /// Longest wait between two reads of a request body.
     pub body_timeout: Duration,
+    /// Longest time an HTTP/2 connection's writes may wait on a client that takes nothing.
+    pub send_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -67,6 +72,7 @@ impl Default for LimitsConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
         }
     }
 }
@@ -91,6 +97,7 @@ pub(crate) mod file {
         pub(crate) max_body_bytes: Option<Spanned<u64>>,
         pub(crate) header_timeout: Option<Spanned<HumanDuration>>,
         pub(crate) body_timeout: Option<Spanned<HumanDuration>>,
+        pub(crate) send_timeout: Option<Spanned<HumanDuration>>,
     }
 }
 
@@ -148,5 +155,6 @@ pub(crate) fn limits(f: file::Limits) -> Result<LimitsConfig, Violation> {
             .map_or(d.max_body_bytes, |n| n.into_inner()),
         header_timeout: duration(f.header_timeout, "header_timeout", d.header_timeout)?,
         body_timeout: duration(f.body_timeout, "body_timeout", d.body_timeout)?,
+        send_timeout: duration(f.send_timeout, "send_timeout", d.send_timeout)?,
     })
 }

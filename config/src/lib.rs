@@ -33,7 +33,7 @@ pub use compression::{
 };
 pub use edge::{
     ForwardingConfig, LimitsConfig, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, DEFAULT_SEND_TIMEOUT,
 };
 pub use error::ConfigError;
 pub use headers::{HeaderLines, HeadersConfig};

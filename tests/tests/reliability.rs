@@ -422,3 +422,81 @@ fn admin_connections_are_bounded_and_time_out() {
         })
         .unwrap_or(false)));
 }
+
+/// Open descriptors of process `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// One HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn an_http2_client_that_takes_nothing_is_closed_after_the_send_timeout() {
+    use bascule_tests::tls::{TestCert, TlsConn};
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(site.path().join("assets")).unwrap();
+    std::fs::write(site.path().join("assets/big.bin"), vec![b'x'; 2 << 20]).unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let cert = TestCert::make(certs.path(), &["localhost"]);
+    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
+    let https = free_addr();
+    let proxy = Proxy::start(&ProxyConfig {
+        blue: vec![blue.addr()],
+        green: vec![blue.addr()],
+        blue_root: Some(site.path().to_path_buf()),
+        green_root: Some(site.path().to_path_buf()),
+        listen: format!("https = [\"{https}\"]"),
+        extra: format!(
+            "[limits]\nsend_timeout = \"1s\"\n\n[[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n\n[tls]\n{}",
+            cert.toml()
+        ),
+        ..Default::default()
+    });
+    TlsConn::wait_ready(https, "localhost");
+    let pid = proxy.pid();
+    let baseline = fds(pid);
+
+    let conn = TlsConn::connect(https, "localhost", &[b"h2"], false).unwrap();
+    assert_eq!(conn.alpn().as_deref(), Some(&b"h2"[..]));
+    let mut tls = conn.into_stream();
+    // Windows opened wide, ten streams asking for 2 MiB each, and then never a read.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    out.extend(frame(8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
+    for i in 0..10u32 {
+        let path = b"/assets/big.bin";
+        let mut block = vec![0x82, 0x87, 0x04, path.len() as u8];
+        block.extend_from_slice(path);
+        block.extend_from_slice(&[0x01, 9]);
+        block.extend_from_slice(b"localhost");
+        out.extend(frame(1, 0x5, 2 * i + 1, &block));
+    }
+    tls.write_all(&out).unwrap();
+    tls.flush().unwrap();
+    assert!(
+        wait_until(WAIT, || fds(pid) > baseline),
+        "the connection is not open on the proxy"
+    );
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(15), || fds(pid) <= baseline),
+        "a connection that took nothing is still open after 15 s ({} descriptors, {baseline} before)",
+        fds(pid)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(tls);
+    // The proxy serves on.
+    assert!(TlsConn::connect(https, "localhost", &[b"h2"], false).is_ok());
+}

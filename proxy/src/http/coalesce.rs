@@ -11,9 +11,11 @@
 //! the second, in one vectored write to the TLS stream (one record, one system call), as
 //! before; what is held always leaves at the codec's flush.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::protocols::{Peek, Stream};
@@ -28,13 +30,43 @@ const HOLD: usize = 4 * 1024;
 pub(crate) struct Coalesced {
     inner: Stream,
     held: Vec<u8>,
+    send_timeout: Duration,
+    /// Armed while a write waits.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Coalesced {
-    pub(crate) fn new(inner: Stream) -> Coalesced {
+    /// `inner`, whose writes fail once one has waited `send_timeout`.
+    pub(crate) fn new(inner: Stream, send_timeout: Duration) -> Coalesced {
         Coalesced {
             inner,
             held: Vec::new(),
+            send_timeout,
+            stalled: None,
+        }
+    }
+
+    /// `p`, the outcome of a write, flush or shutdown: progress disarms the timer, waiting
+    /// arms it, and waiting past it is a `TimedOut` error.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        p: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if p.is_ready() {
+            self.stalled = None;
+            return p;
+        }
+        let timeout = self.send_timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took nothing for [limits] send_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -67,7 +99,28 @@ impl AsyncWrite for Coalesced {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
+        let p = self.write_now(cx, buf);
+        self.watch(cx, p)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let p = self.flush_now(cx);
+        self.watch(cx, p)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let p = self.shutdown_now(cx);
+        self.watch(cx, p)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+impl Coalesced {
+    fn write_now(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self;
         if this.held.len() + buf.len() <= HOLD {
             this.held.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
@@ -89,18 +142,14 @@ impl AsyncWrite for Coalesced {
         }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn flush_now(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         ready!(self.poll_release(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn shutdown_now(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         ready!(self.poll_release(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        false
     }
 }
 

@@ -215,8 +215,11 @@ impl ServerApp for FastApp {
             }
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
                 self.control.metrics().connections.h2.inc();
-                let lean = self.policy().fast_path.then_some(&self.lean);
-                crate::http::h2::serve(stream, &self.full, lean, shutdown).await;
+                let policy = self.policy();
+                let lean = policy.fast_path.then_some(&self.lean);
+                let send_timeout = policy.limits.send_timeout;
+                drop(policy);
+                crate::http::h2::serve(stream, &self.full, lean, send_timeout, shutdown).await;
                 return None;
             }
         }

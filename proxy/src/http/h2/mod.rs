@@ -48,6 +48,7 @@ pub(crate) async fn serve(
     stream: Stream,
     full: &Arc<HttpProxy<Bascule>>,
     lean: Option<&Arc<Bascule>>,
+    send_timeout: std::time::Duration,
     shutdown: &ShutdownWatch,
 ) {
     let digest = Arc::new(Digest {
@@ -62,7 +63,7 @@ pub(crate) async fn serve(
         .and_then(|d| d.peer_addr())
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    let stream: Stream = Box::new(Coalesced::new(stream));
+    let stream: Stream = Box::new(Coalesced::new(stream, send_timeout));
     let Ok(mut conn) = handshake(stream, full.h2_options.clone()).await else {
         return;
     };
