@@ -105,17 +105,9 @@ impl Client {
     }
 }
 
-/// Runs `bascule ctl`: sends `words` as one command, prints the reply, returns the exit code.
+/// Sends `words` as one admin command, prints the reply, returns the exit code (`ctl` for
+/// every command but `monitor`, see [`crate::ctl::run`]).
 pub fn run(socket: &Path, json: bool, words: &[String]) -> i32 {
-    if words.first().map(String::as_str) == Some("monitor") {
-        return match crate::monitor::MonitorArgs::parse(&words[1..], json) {
-            Ok(args) => crate::monitor::run(socket, &args),
-            Err(e) => {
-                eprintln!("bascule ctl: {e}");
-                EXIT_USAGE
-            }
-        };
-    }
     let mut line = words.join(" ");
     if line.trim().is_empty() {
         eprintln!("bascule ctl: give a command; `bascule ctl help` lists them");

@@ -17,6 +17,7 @@ mod reply;
 mod stats;
 
 pub mod client;
+pub mod ctl;
 pub mod monitor;
 pub mod server;
 

@@ -95,7 +95,7 @@ fn main() -> ExitCode {
             command,
         } => {
             let socket = socket.unwrap_or_else(default_socket);
-            let code = bascule_admin::client::run(&socket, json, &command);
+            let code = bascule_admin::ctl::run(&socket, json, &command);
             ExitCode::from(code as u8)
         }
         Cmd::Serve { config, upgrade } => {

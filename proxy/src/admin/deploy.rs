@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bascule_admin::{DeployReply, Progress, SetField, Step, StepDetail};
 
-use crate::admin::handler::{flip_of, flip_reply, live, routing_of};
+use crate::admin::replies::{flip_of, flip_reply, live, routing_of};
 use crate::control::Control;
 use crate::SlotName;
 

@@ -4,3 +4,4 @@
 mod deploy;
 pub mod handler;
 pub mod metrics_endpoint;
+mod replies;
