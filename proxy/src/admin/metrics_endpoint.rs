@@ -47,12 +47,18 @@ impl MetricsService {
 /// The answer to one request: the metrics at `/metrics`, 404 elsewhere.
 fn answer(control: &Control, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = if req.uri().path() == "/metrics" {
-        (200, control.metrics().render(&control.load()))
+        (
+            http::StatusCode::OK,
+            control.metrics().render(&control.load()),
+        )
     } else {
-        (404, "not found: try /metrics\n".to_string())
+        (
+            http::StatusCode::NOT_FOUND,
+            "not found: try /metrics\n".to_string(),
+        )
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4"),

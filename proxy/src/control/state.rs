@@ -186,11 +186,9 @@ fn keep_previous(path: &Path) {
         return;
     }
     let prev = previous_path(path);
-    let linked = match std::fs::remove_file(&prev) {
-        Ok(()) => std::fs::hard_link(path, &prev),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::hard_link(path, &prev),
-        Err(e) => Err(e),
-    };
+    // Gone or not, the link below says whether the place is free.
+    let _ = std::fs::remove_file(&prev);
+    let linked = std::fs::hard_link(path, &prev);
     if let Err(e) = linked.or_else(|_| std::fs::copy(path, &prev).map(drop)) {
         tracing::warn!(path = %prev.display(), error = %e, "previous state not kept");
     }

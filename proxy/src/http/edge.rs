@@ -29,6 +29,7 @@ use crate::wire::access_log::{AccessLog, AccessLogError, Entry, LogRequest};
 use crate::wire::compress::Compression;
 use crate::wire::headers::{EdgeHeaders, RouteHeaders};
 use crate::wire::rate_limit::RateLimits;
+use crate::wire::request::Forwarding;
 use crate::wire::{error_body, forward, pingora, Reject};
 use crate::SlotName;
 
@@ -257,10 +258,7 @@ impl EdgePolicy {
         client: Option<IpAddr>,
         tls: bool,
     ) -> std::result::Result<(pingora::Verdict, pingora::Edit), Reject> {
-        let mode = forward::mode(
-            &self.forwarding,
-            client.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
-        );
+        let mode = self.forwarding_for(client);
         pingora::check_pingora(req, &self.limits, mode, client, tls, self.redirect_to)
     }
 
@@ -272,11 +270,16 @@ impl EdgePolicy {
         client: Option<IpAddr>,
         out: &mut Vec<u8>,
     ) -> std::result::Result<pingora::Verdict, Reject> {
-        let mode = forward::mode(
-            &self.forwarding,
-            client.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
-        );
+        let mode = self.forwarding_for(client);
         pingora::upstream_h1(req, &self.limits, mode, client, true, out)
+    }
+
+    /// What becomes of the forwarded headers of a request from `client` (unknown: as from an
+    /// untrusted peer).
+    #[inline]
+    pub(crate) fn forwarding_for(&self, client: Option<IpAddr>) -> Forwarding {
+        let peer = client.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        forward::mode(&self.forwarding, peer)
     }
 
     /// Whether the HTTP/2 loop may proxy a request itself: with `[compression]` on, the full

@@ -43,7 +43,7 @@ use crate::http::edge::{Done, EdgePolicy, Policies};
 use crate::http::service::Bascule;
 use crate::http::upstream::READ_CHUNK;
 use crate::slots::routing::{Member, Routing};
-use crate::wire::forward::{self, Peer};
+use crate::wire::forward::Peer;
 use crate::wire::headers::RouteHeaders;
 use crate::wire::{error_body, Reject};
 use body::Incoming;
@@ -215,10 +215,10 @@ impl ServerApp for FastApp {
             }
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
                 self.control.metrics().connections.h2.inc();
-                let policy = self.policy();
-                let lean = policy.fast_path.then_some(&self.lean);
-                let send_timeout = policy.limits.send_timeout;
-                drop(policy);
+                let (lean, send_timeout) = {
+                    let p = self.policy();
+                    (p.fast_path.then_some(&self.lean), p.limits.send_timeout)
+                };
                 crate::http::h2::serve(stream, &self.full, lean, send_timeout, shutdown).await;
                 return None;
             }
@@ -269,8 +269,8 @@ impl FastApp {
                     let routing = self.control.load();
                     policy = self.policy();
                     let p = &*policy;
-                    let route_of = |p: &str| {
-                        let i = routing.route_index(p);
+                    let route_of = |path: &str| {
+                        let i = routing.route_index(path);
                         let to = i.map(|i| routing.routes[i].to);
                         (i, to == Some(RouteTarget::Static))
                     };
@@ -280,7 +280,7 @@ impl FastApp {
                         tls,
                         serve: p.fast_path,
                         limits: &p.limits,
-                        forwarding: forward::mode(&p.forwarding, client_ip),
+                        forwarding: p.forwarding_for(Some(client_ip)),
                         peer: &peer,
                         route_of: &route_of,
                         log: p.logs(),

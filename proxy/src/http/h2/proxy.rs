@@ -112,7 +112,7 @@ impl Bascule {
         let exchanges = &routing.counters.exchanges;
         let mut ex: Exchange<'_> =
             upstream::send(member, exchanges, slot, fresh_only, &p.head).await?;
-        let policy = p.policy.clone();
+        let policy = &p.policy;
         let route = p.route.as_deref().unwrap_or_default();
         let drop = |name: &[u8]| policy.edge.drops(route, name);
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);

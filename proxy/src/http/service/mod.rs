@@ -160,7 +160,7 @@ impl ProxyHttp for Bascule {
     /// split), counts the request against it, and answers static routes here entirely
     /// (`Ok(true)`). `Ok(false)` sends the request on to [`Self::upstream_peer`].
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let p = ctx.policy.clone();
+        let p = &ctx.policy;
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
