@@ -14,7 +14,9 @@ pub mod ws;
 pub use bascule_proxy::demo::Upstream;
 pub use bascule_proxy::SlotName;
 pub use mode::{Mode, MODES, PATHS};
-pub use proxy::{bascule_bin, free_addr, two_slots, wait_until, Proxy, ProxyConfig};
+pub use proxy::{
+    bascule_bin, free_addr, scripted_slots, two_slots, wait_until, Proxy, ProxyConfig,
+};
 
 /// The sum of `NAME{LABELS} VALUE` lines of a metrics text whose LABELS contain every one of
 /// `labels` (`"\"tls\""`, `slot="blue"`…).

@@ -30,6 +30,25 @@ pub fn bascule_bin() -> &'static Path {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "-q", "-p", "bascule-proxy", "--bin", "bascule"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // `cargo test` gives each test process its package's CARGO_MANIFEST_DIR, CARGO_PKG_*…;
+        // a build script that watches one of them (ring's does) would rebuild the whole
+        // binary once per test package instead of finding it up to date.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+                || key == "CARGO_TARGET_TMPDIR"
+            {
+                cmd.env_remove(&*key);
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -385,6 +404,29 @@ pub fn two_slots(extra: &str) -> (crate::Upstream, crate::Upstream, Proxy) {
     let proxy = Proxy::start(&ProxyConfig {
         blue: vec![blue.addr()],
         green: vec![green.addr()],
+        extra: extra.into(),
+        ..Default::default()
+    });
+    (blue, green, proxy)
+}
+
+/// Two echoing scripted upstreams (`raw::echo`) as blue and green, and a proxy over them with
+/// `server` lines (a [`crate::Mode`]'s) and `extra` TOML: where a test counts upstream
+/// connections or reads what reached the upstream.
+pub fn scripted_slots(
+    server: &str,
+    extra: &str,
+) -> (
+    crate::raw::ScriptedUpstream,
+    crate::raw::ScriptedUpstream,
+    Proxy,
+) {
+    let blue = crate::raw::ScriptedUpstream::echo();
+    let green = crate::raw::ScriptedUpstream::echo();
+    let proxy = Proxy::start(&ProxyConfig {
+        blue: vec![blue.addr()],
+        green: vec![green.addr()],
+        server: server.into(),
         extra: extra.into(),
         ..Default::default()
     });

@@ -1,5 +1,6 @@
 //! Core: flips, rollbacks, in-flight requests across a flip, flips under load, state across
-//! restarts, the admin socket under bad input, and the proxy's own error responses.
+//! restarts, the admin socket under bad input, the proxy's own error responses, and upstream
+//! connection reuse.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use std::time::{Duration, Instant};
 use bascule_admin::{parse_reply, FlipReply, HelpReply, SetReply, SlotState, Status};
 use bascule_proxy::control::state::PersistedState;
 use bascule_tests::http::{get, Conn};
-use bascule_tests::{free_addr, wait_until, Proxy, ProxyConfig, SlotName, Upstream};
+use bascule_tests::{
+    free_addr, scripted_slots, wait_until, Proxy, ProxyConfig, SlotName, Upstream, MODES,
+};
 
 struct Pair {
     blue: Upstream,
@@ -399,4 +402,25 @@ fn the_admin_socket_is_private_and_a_live_one_is_not_stolen() {
     assert!(proxy.socket.exists());
     let proxy = proxy.restart();
     assert_eq!(proxy.status().active, SlotName::Blue);
+}
+
+/// One client sending requests one after another needs one upstream connection, on both paths:
+/// the full proxy's pool used to throw away an idle connection now and then (the pool's idle
+/// watcher still held it for an instant on another thread) and dial a new one.
+#[test]
+fn sequential_requests_reuse_one_upstream_connection() {
+    for mode in MODES {
+        let (blue, _green, proxy) = scripted_slots(&mode.server(), "");
+        let mut conn = Conn::connect(proxy.addr).unwrap();
+        for i in 0..2000 {
+            let r = conn.get("/", &[]).unwrap();
+            assert_eq!(r.status, 200, "{mode:?}: request {i}");
+        }
+        assert_eq!(blue.requests().len(), 2000, "{mode:?}");
+        let used = blue.traffic_connections().len();
+        assert_eq!(
+            used, 1,
+            "{mode:?}: 2000 requests used {used} upstream connections"
+        );
+    }
 }

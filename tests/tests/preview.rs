@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use bascule_admin::StatsReply;
 use bascule_tests::http::{Conn, Response};
-use bascule_tests::raw::ScriptedUpstream;
 use bascule_tests::tls::{TestCert, TlsConn};
-use bascule_tests::{wait_until, Mode, Proxy, ProxyConfig, Upstream, MODES};
+use bascule_tests::{scripted_slots, wait_until, Mode, Proxy, ProxyConfig, Upstream, MODES};
 
 const TOKEN: &str = "s3cret";
 
@@ -352,15 +351,7 @@ fn preview_and_sticky_cookie_over_tls() {
 #[test]
 fn previews_of_the_idle_slot_reuse_upstream_connections() {
     for mode in MODES {
-        let blue = ScriptedUpstream::echo();
-        let green = ScriptedUpstream::echo();
-        let proxy = Proxy::start(&ProxyConfig {
-            blue: vec![blue.addr()],
-            green: vec![green.addr()],
-            server: mode.server(),
-            extra: "[preview]\n".into(),
-            ..Default::default()
-        });
+        let (blue, green, proxy) = scripted_slots(&mode.server(), "[preview]\n");
         let mut conn = Conn::connect(proxy.addr).unwrap();
         for _ in 0..10 {
             let r = conn.get("/", &[("x-bascule-preview", "green")]).unwrap();
