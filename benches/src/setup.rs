@@ -218,12 +218,14 @@ impl Lab {
             format!(
                 "{}http {{ include /etc/nginx/mime.types; access_log off; {} keepalive_requests 100000000;\n\
                  client_max_body_size 0;\n\
+                 log_format edge '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_time rid=$request_id';\n\
                  sendfile on; tcp_nopush on; open_file_cache max=1000 inactive=60s;\n\
                  upstream app {{ include {inc}; keepalive {UPSTREAM_POOL}; keepalive_requests 100000000; }}\n\
                  server {{ listen 127.0.0.1:{front}; root {site};\n\
                    location /assets/ {{ expires 1y; add_header Cache-Control \"public, immutable\"; }}\n\
                    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
-                   location /edge/ {{ access_log {edge_log} combined; proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                   location /edge/ {{ access_log {edge_log} edge; proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                     proxy_set_header X-Request-ID $request_id; add_header X-Request-ID $request_id always;\n\
                      proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;\n\
                      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
                      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }}\n\
@@ -276,13 +278,15 @@ impl Lab {
                     ),
                 )
             };
+            // The edge as deployed: forwarded headers, access log and request ids, as nginx's
+            // `/edge/` (`$request_id` upstream, answered, logged); the bare one has none.
             let access_log = if edge {
                 format!(
                     "[access_log]\npath = \"{}\"\nformat = \"combined\"\n",
                     d.join(format!("{name}-access.log")).display()
                 )
             } else {
-                String::new()
+                "[request_id]\nenabled = false\n".to_string()
             };
             let conf = d.join(format!("{name}.toml"));
             std::fs::write(

@@ -49,6 +49,8 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub(crate) canary: crate::preview::file::Canary,
     pub(crate) compression: Option<crate::compression::file::Compression>,
+    #[serde(default)]
+    pub(crate) request_id: crate::headers::file::RequestId,
 }
 
 #[derive(Debug, Deserialize, Default)]

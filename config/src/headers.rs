@@ -1,4 +1,5 @@
-//! `[headers]` and a route's `headers`: what the edge sets on and hides from responses.
+//! `[headers]` and a route's `headers`: what the edge sets on and hides from responses; and
+//! `[request_id]`: the header that carries each request's id.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,11 +41,34 @@ pub(crate) mod file {
 
     #[derive(Debug, Deserialize, Default)]
     #[serde(deny_unknown_fields)]
+    pub(crate) struct RequestId {
+        pub(crate) enabled: Option<bool>,
+        pub(crate) header: Option<Spanned<String>>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
     pub(crate) struct Headers {
         pub(crate) response: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
         pub(crate) hide: Option<Vec<Spanned<String>>>,
     }
 }
+
+/// The request id header when `[request_id]` says nothing.
+pub const DEFAULT_REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Request headers whose meaning the proxy keeps: a request id of that name would be read
+/// from, and written over, something else.
+const REQUEST_ID_RESERVED: [&str; 8] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "cookie",
+    "set-cookie",
+    "expect",
+];
 
 /// Whether `name` is a header field name (an RFC 9110 token).
 pub(crate) fn is_token(name: &str) -> bool {
@@ -122,4 +146,28 @@ pub(crate) fn headers(f: file::Headers) -> Result<HeadersConfig, Violation> {
         .map(|n| header_name(n, "headers.hide"))
         .collect::<Result<_, _>>()?;
     Ok(HeadersConfig { response, hide })
+}
+
+/// `[request_id]`: the header, lowercased, or `None` when `enabled = false`. `slot_header`
+/// (the proxy's own) may not be it either.
+pub(crate) fn request_id(
+    f: file::RequestId,
+    slot_header: Option<&str>,
+) -> Result<Option<String>, Violation> {
+    if f.enabled == Some(false) {
+        return Ok(None);
+    }
+    let Some(name) = f.header else {
+        return Ok(Some(DEFAULT_REQUEST_ID_HEADER.into()));
+    };
+    let n = header_name(&name, "request_id.header")?.to_ascii_lowercase();
+    if REQUEST_ID_RESERVED.contains(&n.as_str()) || slot_header == Some(n.as_str()) {
+        return Err(Violation {
+            span: name.span(),
+            message: format!(
+                "request_id.header: `{n}` already means something to the proxy; pick another name (default {DEFAULT_REQUEST_ID_HEADER})"
+            ),
+        });
+    }
+    Ok(Some(n))
 }

@@ -36,7 +36,7 @@ pub use edge::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, DEFAULT_SEND_TIMEOUT,
 };
 pub use error::ConfigError;
-pub use headers::{HeaderLines, HeadersConfig};
+pub use headers::{HeaderLines, HeadersConfig, DEFAULT_REQUEST_ID_HEADER};
 pub use preview::{
     CanaryConfig, PreviewConfig, Sticky, DEFAULT_CANARY_COOKIE, DEFAULT_PREVIEW_COOKIE,
     DEFAULT_PREVIEW_HEADER,
@@ -169,6 +169,8 @@ pub struct Config {
     pub canary: CanaryConfig,
     /// Compression of proxied responses (off without a `[compression]` table).
     pub compression: CompressionConfig,
+    /// `[request_id]`: the header that carries each request's id (lowercase), `None` when off.
+    pub request_id: Option<String>,
 }
 
 /// Process-level settings (`[server]`).

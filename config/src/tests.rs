@@ -160,6 +160,29 @@ fn slot_header_can_be_turned_off_or_must_be_a_token() {
 }
 
 #[test]
+fn request_id_is_on_by_default_and_its_header_is_checked() {
+    let c = parse("", "t.toml").unwrap();
+    assert_eq!(c.request_id.as_deref(), Some("x-request-id"));
+    let c = parse("[request_id]\nheader = \"X-Trace-Id\"\n", "t.toml").unwrap();
+    assert_eq!(c.request_id.as_deref(), Some("x-trace-id"));
+    let c = parse("[request_id]\nenabled = false\n", "t.toml").unwrap();
+    assert_eq!(c.request_id, None);
+    for bad in [
+        "x y",
+        "Host",
+        "X-Forwarded-For",
+        "content-length",
+        "x-bascule-slot",
+    ] {
+        let (line, col, msg) = invalid(&format!("[request_id]\nheader = \"{bad}\"\n"));
+        assert_eq!((line, col), (2, 10), "{bad}");
+        assert!(msg.starts_with("request_id.header:"), "{bad}: {msg}");
+    }
+    let (_, _, msg) = invalid("[request_id]\nheadr = \"x\"\n");
+    assert!(msg.contains("headr"), "{msg}");
+}
+
+#[test]
 fn admin_mode_too_large() {
     let (_, _, msg) = invalid("[admin]\nmode = 4096\n");
     assert!(msg.starts_with("admin.mode:"), "{msg}");

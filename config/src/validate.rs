@@ -174,6 +174,7 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
     let preview = f.preview.map(crate::preview::preview).transpose()?;
     let canary = crate::preview::canary(f.canary, preview.as_ref())?;
     let compression = crate::compression::compression(f.compression)?;
+    let request_id = crate::headers::request_id(f.request_id, server.slot_header.as_deref())?;
 
     Ok(Config {
         source: None,
@@ -203,6 +204,7 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         preview,
         canary,
         compression,
+        request_id,
     })
 }
 

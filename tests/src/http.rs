@@ -26,6 +26,11 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of header `name` (case-insensitive), in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        crate::header_values(&self.headers, name)
+    }
+
     /// How many times header `name` appears.
     pub fn header_count(&self, name: &str) -> usize {
         let name = name.to_ascii_lowercase();
@@ -40,6 +45,20 @@ impl Response {
     /// The `x-bascule-slot` header.
     pub fn slot(&self) -> Option<&str> {
         self.header("x-bascule-slot")
+    }
+
+    /// The headers as two paths' answers to one request compare, sorted: those named in
+    /// `ignore` left out, a request id the proxy made read as `<made id>`
+    /// ([`crate::comparable_value`]).
+    pub fn comparable(&self, ignore: &[&str]) -> Vec<(String, String)> {
+        let mut h: Vec<_> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !ignore.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), crate::comparable_value(k, v)))
+            .collect();
+        h.sort();
+        h
     }
 }
 

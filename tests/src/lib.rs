@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests: the real `bascule` binary, real upstreams, real sockets,
 //! loopback only, ephemeral ports, deadlines instead of sleeps.
 
+pub mod clients;
 pub mod etcd;
 pub mod h2;
 pub mod h2load;
@@ -26,4 +27,32 @@ pub fn counter(text: &str, name: &str, labels: &[&str]) -> u64 {
         .filter(|l| labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// Whether `id` is one the proxy made (`[request_id]`): 32 lowercase hex characters.
+pub fn is_made_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A header value as paths compare it: a request id the proxy made differs per request, so it
+/// reads `<made id>`; any other value is itself.
+pub fn comparable_value(name: &str, value: &str) -> String {
+    if name.eq_ignore_ascii_case("x-request-id") && is_made_id(value.trim()) {
+        "<made id>".into()
+    } else {
+        value.to_string()
+    }
+}
+
+/// Every value of header `name` (case-insensitive) among `headers` (names lower-cased).
+pub fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    let name = name.to_ascii_lowercase();
+    headers
+        .iter()
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bascule_tests::http::{get, Conn};
 use bascule_tests::raw::{echo, exchange, Action, ScriptedUpstream};
-use bascule_tests::{free_addr, wait_until, Mode, Proxy, ProxyConfig, MODES};
+use bascule_tests::{free_addr, is_made_id, wait_until, Mode, Proxy, ProxyConfig, MODES};
 
 const PRIVATE: &str = "PRIVATE STATIC FILE\n";
 const WAIT: Duration = Duration::from_secs(10);
@@ -155,6 +155,9 @@ fn every_kind_of_response_is_logged_once() {
                 assert_eq!(v["client"], "127.0.0.1", "{mode:?}: {l}");
                 assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{l}");
                 assert!(v["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{l}");
+                // Every line, refusals included, carries the request's id.
+                let id = v["request_id"].as_str().unwrap_or_default();
+                assert!(is_made_id(id), "{mode:?}: {l}");
                 let upstream_ok = match v["upstream"].as_str() {
                     Some(u) => u == upstream,
                     None => true,
@@ -218,7 +221,9 @@ fn combined_lines_read_as_nginx_writes_them() {
         let ex = exchange(e.proxy.addr, req, 1, Duration::from_secs(5));
         assert_eq!(ex.statuses(), vec![200]);
         let got = wait_lines(&e.log, 1);
-        let line = &got[0];
+        // The request id comes last.
+        let (line, id) = got[0].rsplit_once(" rid=").expect("rid=ID at the end");
+        assert!(is_made_id(id), "{mode:?}: {}", got[0]);
         assert!(line.starts_with("127.0.0.1 - - ["), "{mode:?}: {line}");
         let rest = line.split_once("] ").expect("time in brackets").1;
         let tail = format!(" blue {}", e.upstream.addr());

@@ -12,7 +12,7 @@ use bascule_tests::http::get;
 use bascule_tests::http::Response;
 use bascule_tests::raw::{echo, response, Action, RawClient, Received, ScriptedUpstream};
 use bascule_tests::tls::https_for;
-use bascule_tests::{counter, free_addr, wait_until, Mode, Proxy, ProxyConfig};
+use bascule_tests::{comparable_value, counter, free_addr, wait_until, Mode, Proxy, ProxyConfig};
 
 const READ: Duration = Duration::from_secs(10);
 
@@ -153,24 +153,14 @@ fn over_h1(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)])
 
 /// Headers both protocols must agree on: all but framing, connection and clock.
 fn comparable(r: &Response) -> Vec<(String, String)> {
-    let mut h: Vec<_> = r
-        .headers
-        .iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "date"
-                    | "connection"
-                    | "keep-alive"
-                    | "content-length"
-                    | "transfer-encoding"
-                    | "x-upstream-conn"
-            )
-        })
-        .cloned()
-        .collect();
-    h.sort();
-    h
+    r.comparable(&[
+        "date",
+        "connection",
+        "keep-alive",
+        "content-length",
+        "transfer-encoding",
+        "x-upstream-conn",
+    ])
 }
 
 /// A head as the upstream got it, its lines sorted after the request line.
@@ -180,7 +170,7 @@ fn head_lines(r: &Received) -> Vec<String> {
     let mut lines: Vec<String> = text
         .split("\r\n")
         .map(|l| match l.split_once(':') {
-            Some((n, v)) => format!("{}:{v}", n.to_ascii_lowercase()),
+            Some((n, v)) => format!("{}:{}", n.to_ascii_lowercase(), comparable_value(n, v)),
             None => l.to_string(),
         })
         .collect();

@@ -7,19 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bascule_admin::ReloadReply;
+use bascule_tests::clients::{Client, Listeners, CLIENTS};
 use bascule_tests::http::{get_with, Conn, Response};
 use bascule_tests::tls::{TestCert, TlsConn};
 use bascule_tests::{free_addr, wait_until, Mode, Proxy, ProxyConfig, Upstream, MODES};
-
-/// How a request reaches the proxy.
-#[derive(Debug, Clone, Copy)]
-enum Client {
-    Plain,
-    Tls,
-    H2,
-}
-
-const CLIENTS: [Client; 3] = [Client::Plain, Client::Tls, Client::H2];
 
 struct Edge {
     proxy: Proxy,
@@ -77,44 +68,11 @@ impl Edge {
     }
 
     fn ask(&self, client: Client, path: &str, headers: &[(&str, &str)]) -> Response {
-        match client {
-            Client::Plain => get_with(self.proxy.addr, path, headers).unwrap(),
-            Client::Tls => {
-                let mut raw = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
-                for (k, v) in headers {
-                    raw.push_str(&format!("{k}: {v}\r\n"));
-                }
-                raw.push_str("Connection: close\r\n\r\n");
-                let mut c =
-                    TlsConn::connect(self.https, "localhost", &[b"http/1.1"], false).unwrap();
-                let (head, body) = c.request(&raw).unwrap();
-                parse(&head, body)
-            }
-            Client::H2 => {
-                let got =
-                    bascule_tests::h2::exchange(self.https, "localhost", &[("GET", path, headers)])
-                        .unwrap();
-                got.into_iter().next().unwrap().unwrap()
-            }
-        }
-    }
-}
-
-fn parse(head: &str, body: String) -> Response {
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Response {
-        status,
-        headers,
-        body: body.into_bytes(),
+        let to = Listeners {
+            plain: self.proxy.addr,
+            https: self.https,
+        };
+        client.get(to, path, headers)
     }
 }
 

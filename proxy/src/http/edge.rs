@@ -1,9 +1,9 @@
 //! The edge policy: everything a request reads from the config, built once per config into one
 //! immutable [`EdgePolicy`] behind an `ArcSwap` ([`Policies`]) that `reload` replaces, and the
 //! steps of the request lifecycle that read it — admit (check, rate limit, slot choice), dress
-//! (slot header, sticky cookie, edge and route headers) and finish (metrics, access log) —
-//! written once for every engine: the HTTP/1 fast path, the HTTP/2 loop and Pingora's full
-//! proxy. A request loads the policy once, beside the routing snapshot, and keeps it to its end:
+//! (slot header, sticky cookie, request id, edge and route headers: [`Dress`]) and finish
+//! (metrics, access log) — written once for every engine: the HTTP/1 fast path, the HTTP/2
+//! loop and Pingora's full proxy. A request loads the policy once, beside the routing snapshot, and keeps it to its end:
 //! a reload changes the next request, never half of one.
 //!
 //! What a reload keeps: the access log's writer when `[access_log]` is unchanged, the static
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bascule_config::{Config, ForwardingConfig, LimitsConfig};
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::control::{Prepared, Reloadable};
@@ -30,6 +30,7 @@ use crate::wire::compress::Compression;
 use crate::wire::headers::{EdgeHeaders, RouteHeaders};
 use crate::wire::rate_limit::RateLimits;
 use crate::wire::request::Forwarding;
+use crate::wire::request_id::{IdRule, RequestId};
 use crate::wire::{error_body, forward, pingora, Reject};
 use crate::SlotName;
 
@@ -62,6 +63,8 @@ pub(crate) struct EdgePolicy {
     pub(crate) fast_path: bool,
     /// `[upstream] keepalive_pool`: idle upstream connections kept per member.
     pub(crate) pool_max: usize,
+    /// `[request_id]`: the header, when on.
+    pub(crate) request_id: Option<HeaderName>,
 }
 
 /// Why a config's policy could not be built.
@@ -101,7 +104,11 @@ impl EdgePolicy {
         Ok(EdgePolicy {
             metrics: metrics.clone(),
             slot_header: server.slot_header.as_ref().map(|h| Bytes::from(h.clone())),
-            edge: EdgeHeaders::new(&config.headers, server.slot_header.as_deref()),
+            edge: EdgeHeaders::new(
+                &config.headers,
+                server.slot_header.as_deref(),
+                config.request_id.as_deref(),
+            ),
             limits: config.limits.clone(),
             forwarding: config.forwarding.clone(),
             redirect_to: crate::wire::redirect_port(config),
@@ -114,37 +121,65 @@ impl EdgePolicy {
             park_after: Some(server.park_idle_after).filter(|&p| p < server.keepalive_timeout),
             fast_path: server.fast_path,
             pool_max: config.upstream.keepalive_pool,
+            request_id: config
+                .request_id
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         })
     }
 
-    /// Adds the slot header to `resp`, when it is turned on.
-    #[inline]
-    pub(crate) fn tag(&self, resp: &mut ResponseHeader, slot: SlotName) {
-        if let Some(name) = &self.slot_header {
-            let value = HeaderValue::from_static(slot.as_str());
-            let _ = resp.insert_header(name.clone(), value);
-        }
-    }
-
-    /// `name: slot\r\n`, or nothing when the header is off: [`Self::tag`] for an HTTP/1 head.
-    #[inline]
-    pub(crate) fn slot_line(&self, slot: SlotName, out: &mut Vec<u8>) {
-        if let Some(name) = &self.slot_header {
+    /// The slot header, sticky cookie, request id, route's and edge's headers as HTTP/1 header
+    /// lines, after a head the fast path wrote.
+    pub(crate) fn dress_h1(&self, d: Dress<'_>, out: &mut Vec<u8>) {
+        let mut line = |name: &[u8], value: &[u8]| {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
-            out.extend_from_slice(slot.as_str().as_bytes());
+            out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
+        };
+        if let (Some(name), Some(slot)) = (&self.slot_header, d.slot) {
+            line(name, slot.as_str().as_bytes());
+        }
+        if let (true, Some(slot)) = (d.set_cookie, d.slot) {
+            line(b"set-cookie", self.slots.set_cookie(slot).as_bytes());
+        }
+        if let (Some(name), Some(id)) = (&self.request_id, d.id) {
+            line(name.as_str().as_bytes(), id.as_str().as_bytes());
+        }
+        self.edge.write_h1(d.route, out);
+    }
+
+    /// The same on a Pingora header; for an `upstream` response, the upstream's headers the
+    /// edge sets or hides are removed first.
+    pub(crate) fn dress(&self, d: Dress<'_>, resp: &mut ResponseHeader, upstream: bool) {
+        self.edge.apply(d.route, resp, upstream);
+        if let (Some(name), Some(slot)) = (&self.slot_header, d.slot) {
+            let _ = resp.insert_header(name.clone(), HeaderValue::from_static(slot.as_str()));
+        }
+        if let (true, Some(slot)) = (d.set_cookie, d.slot) {
+            let _ = resp.append_header(http::header::SET_COOKIE, self.slots.set_cookie(slot));
+        }
+        if let (Some(name), Some(id)) = (&self.request_id, d.id) {
+            if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+                let _ = resp.insert_header(name.clone(), v);
+            }
         }
     }
 
-    /// The sticky cookie naming `slot` as an HTTP/1 header line, when the answer carries it.
+    /// How the request policy finds the id of a request from `client`, when ids are on.
     #[inline]
-    pub(crate) fn cookie_line(&self, set_cookie: bool, slot: SlotName, out: &mut Vec<u8>) {
-        if set_cookie {
-            out.extend_from_slice(b"set-cookie: ");
-            out.extend_from_slice(self.slots.set_cookie(slot).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+    pub(crate) fn id_rule(&self, client: Option<IpAddr>) -> Option<IdRule<'_>> {
+        let header = self.request_id.as_ref()?;
+        Some(IdRule {
+            header: header.as_str(),
+            forwarding: &self.forwarding,
+            peer: client,
+        })
+    }
+
+    /// A new id, when ids are on: for a request refused before its head could be read.
+    pub(crate) fn new_id(&self) -> Option<RequestId> {
+        self.request_id.as_ref().map(|_| RequestId::new())
     }
 
     /// What `req`'s headers ask of the slot choice; nothing is read when no header can
@@ -160,44 +195,31 @@ impl EdgePolicy {
         asked
     }
 
-    /// Adds the sticky cookie naming `slot`, when this response carries it.
-    pub(crate) fn sticky_cookie(
+    /// The answer to a head the policy refused, with the edge's headers and the request id.
+    pub(crate) fn refusal(
         &self,
-        resp: &mut ResponseHeader,
-        slot: SlotName,
-        set_cookie: bool,
-    ) {
-        if set_cookie {
-            let cookie = self.slots.set_cookie(slot);
-            let _ = resp.append_header(http::header::SET_COOKIE, cookie);
-        }
-    }
-
-    /// The answer to a head the policy refused, with the edge's headers.
-    pub(crate) fn refusal(&self, why: &Reject) -> Option<(ResponseHeader, Bytes)> {
+        why: &Reject,
+        id: Option<&RequestId>,
+    ) -> Option<(ResponseHeader, Bytes)> {
         let body = Bytes::from(format!("{why}\n"));
         let mut resp = pingora::own_response_header(why.status(), body.len())?;
         if let Some(s) = why.retry_after() {
             let _ = resp.insert_header(http::header::RETRY_AFTER, s);
         }
-        self.edge.apply(&[], &mut resp, false);
+        self.dress(Dress::bare(id), &mut resp, false);
         Some((resp, body))
     }
 
-    /// The proxy's own error answer (502, 503, 504) with the edge's and the route's headers,
-    /// and the slot header once the request was given a slot.
-    pub(crate) fn error_answer(
-        &self,
-        code: u16,
-        slot: Option<SlotName>,
-        route: &RouteHeaders,
-    ) -> Option<(ResponseHeader, Bytes)> {
+    /// The proxy's own error answer (502, 503, 504) dressed as `d` says (no sticky cookie:
+    /// the slot failed it).
+    pub(crate) fn error_answer(&self, code: u16, d: Dress<'_>) -> Option<(ResponseHeader, Bytes)> {
         let body = Bytes::from_static(error_body(code).as_bytes());
         let mut resp = pingora::own_response_header(code, body.len())?;
-        if let Some(slot) = slot {
-            self.tag(&mut resp, slot);
-        }
-        self.edge.apply(route, &mut resp, false);
+        let d = Dress {
+            set_cookie: false,
+            ..d
+        };
+        self.dress(d, &mut resp, false);
         Some((resp, body))
     }
 
@@ -214,18 +236,6 @@ impl EdgePolicy {
             self.metrics.preview_requests.inc();
         }
         routing.counters.enter(choice.slot)
-    }
-
-    /// The slot header, sticky cookie, route's and edge's headers on a static answer.
-    pub(crate) fn dress_static(
-        &self,
-        resp: &mut ResponseHeader,
-        choice: Choice,
-        route: &RouteHeaders,
-    ) {
-        self.tag(resp, choice.slot);
-        self.sticky_cookie(resp, choice.slot, choice.set_cookie);
-        self.edge.apply(route, resp, false);
     }
 
     /// The end of every request, whatever its outcome: metrics (of a request given to a slot)
@@ -247,6 +257,7 @@ impl EdgePolicy {
             duration: elapsed,
             slot: done.slot,
             upstream: done.upstream,
+            request_id: done.request_id,
         });
     }
 
@@ -258,8 +269,8 @@ impl EdgePolicy {
         client: Option<IpAddr>,
         tls: bool,
     ) -> std::result::Result<(pingora::Verdict, pingora::Edit), Reject> {
-        let mode = self.forwarding_for(client);
-        pingora::check_pingora(req, &self.limits, mode, client, tls, self.redirect_to)
+        let rules = (self.forwarding_for(client), self.id_rule(client));
+        pingora::check_pingora(req, &self.limits, rules, client, tls, self.redirect_to)
     }
 
     /// Runs the request policy on `req` from `client` (over TLS) and writes the upstream's
@@ -270,8 +281,8 @@ impl EdgePolicy {
         client: Option<IpAddr>,
         out: &mut Vec<u8>,
     ) -> std::result::Result<pingora::Verdict, Reject> {
-        let mode = self.forwarding_for(client);
-        pingora::upstream_h1(req, &self.limits, mode, client, true, out)
+        let rules = (self.forwarding_for(client), self.id_rule(client));
+        pingora::upstream_h1(req, &self.limits, rules, client, true, out)
     }
 
     /// What becomes of the forwarded headers of a request from `client` (unknown: as from an
@@ -309,6 +320,47 @@ pub(crate) struct Done {
     pub(crate) slot: Option<SlotName>,
     /// The upstream member that answered (or the last one tried).
     pub(crate) upstream: Option<String>,
+    /// The request's id, under `[request_id]`.
+    pub(crate) request_id: Option<RequestId>,
+}
+
+/// What dresses one answer besides the edge's own headers: the parts that are the request's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dress<'a> {
+    /// The serving slot (its header), once the request was given one.
+    pub(crate) slot: Option<SlotName>,
+    /// The answer carries the sticky cookie naming the slot.
+    pub(crate) set_cookie: bool,
+    /// The route's headers.
+    pub(crate) route: &'a RouteHeaders,
+    /// The request's id.
+    pub(crate) id: Option<&'a RequestId>,
+}
+
+impl<'a> Dress<'a> {
+    /// An answer given before routing: no slot, no route.
+    pub(crate) fn bare(id: Option<&'a RequestId>) -> Dress<'a> {
+        Dress {
+            slot: None,
+            set_cookie: false,
+            route: &[],
+            id,
+        }
+    }
+
+    /// An answer of `slot` for `route`.
+    pub(crate) fn of(
+        choice: Choice,
+        route: &'a RouteHeaders,
+        id: Option<&'a RequestId>,
+    ) -> Dress<'a> {
+        Dress {
+            slot: Some(choice.slot),
+            set_cookie: choice.set_cookie,
+            route,
+            id,
+        }
+    }
 }
 
 /// The policy in force, shared by every engine; `reload` replaces it whole.
@@ -347,6 +399,7 @@ fn changed_tables(a: &Config, b: &Config) -> Vec<String> {
         ("static", a.statics != b.statics),
         ("preview", a.preview != b.preview),
         ("canary", a.canary != b.canary),
+        ("request_id", a.request_id != b.request_id),
         ("listen.redirect_http", a.redirect_http != b.redirect_http),
         ("server.slot_header", s.slot_header != t.slot_header),
         (

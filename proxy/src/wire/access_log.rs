@@ -18,6 +18,7 @@ use bascule_config::{AccessLogConfig, AccessLogFormat, AccessLogPath};
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use super::request_id::RequestId;
 use crate::SlotName;
 
 /// How long the writer sleeps between two drains of the queue. Requests never wake it: a
@@ -146,6 +147,8 @@ pub(crate) struct Entry {
     pub(crate) slot: Option<SlotName>,
     /// The upstream member that answered, as configured.
     pub(crate) upstream: Option<String>,
+    /// The request's id, under `[request_id]`.
+    pub(crate) request_id: Option<RequestId>,
 }
 
 /// The request side of the access log: cheap to call, never waits.
@@ -335,8 +338,9 @@ pub(crate) fn format_entry(e: &Entry, format: AccessLogFormat, out: &mut Vec<u8>
     out.push(b'\n');
 }
 
-/// nginx's `combined`, then `$request_time`, the slot and the upstream (`-` for none):
-/// `client - - [time] "request" status bytes "referer" "user agent" seconds slot upstream`.
+/// nginx's `combined`, then `$request_time`, the slot and the upstream (`-` for none), then
+/// the request id when ids are on:
+/// `client - - [time] "request" status bytes "referer" "user agent" seconds slot upstream rid=ID`.
 fn combined(e: &Entry, out: &mut Vec<u8>) {
     let client = e.client.map_or_else(|| "-".to_string(), |c| c.to_string());
     let _ = write!(out, "{client} - - [");
@@ -363,6 +367,11 @@ fn combined(e: &Entry, out: &mut Vec<u8>) {
         e.slot.map_or("-", |s| s.as_str()),
         e.upstream.as_deref().unwrap_or("-")
     );
+    if let Some(id) = &e.request_id {
+        // Visible ASCII already; escaped all the same, as every other field.
+        out.extend_from_slice(b" rid=");
+        escaped(id.as_str(), out);
+    }
 }
 
 /// As nginx escapes log variables: `"`, `\` and bytes outside printable ASCII as `\xHH`.
@@ -412,6 +421,8 @@ struct JsonLine<'a> {
     slot: Option<&'static str>,
     upstream: Option<&'a str>,
     user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 fn json(e: &Entry, out: &mut Vec<u8>) {
@@ -426,6 +437,7 @@ fn json(e: &Entry, out: &mut Vec<u8>) {
         slot: e.slot.map(|s| s.as_str()),
         upstream: e.upstream.as_deref(),
         user_agent: e.request.user_agent.as_deref(),
+        request_id: e.request_id.as_ref().map(RequestId::as_str),
     };
     let _ = serde_json::to_writer(&mut *out, &line);
 }
@@ -446,6 +458,7 @@ mod tests {
             duration: Duration::from_micros(2500),
             slot: Some(SlotName::Blue),
             upstream: Some("127.0.0.1:3008".into()),
+            request_id: Some(RequestId::resolve(Some(b"r-1"), || true)),
         }
     }
 
@@ -456,7 +469,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "127.0.0.1 - - [25/Nov/2025:12:44:53 +0000] \"GET /a?b HTTP/1.1\" 200 12 \"r\" \
-             \"t \\x22x\\x22\" 0.003 blue 127.0.0.1:3008\n"
+             \"t \\x22x\\x22\" 0.003 blue 127.0.0.1:3008 rid=r-1\n"
         );
     }
 
@@ -470,6 +483,7 @@ mod tests {
         assert_eq!(v["duration_ms"], 2.5);
         assert_eq!(v["user_agent"], "t \"x\"");
         assert_eq!(v["time"], "2025-11-25T12:44:53.000Z");
+        assert_eq!(v["request_id"], "r-1");
     }
 
     #[test]

@@ -22,11 +22,18 @@ pub(crate) struct EdgeHeaders {
     hide: Vec<HeaderName>,
     /// The slot header, which the proxy writes itself.
     slot: Option<HeaderName>,
+    /// The request id header (`[request_id]`), which the proxy writes itself.
+    id: Option<HeaderName>,
 }
 
 impl EdgeHeaders {
-    /// From the validated config; `slot_header` is the proxy's own (`[server] slot_header`).
-    pub(crate) fn new(config: &HeadersConfig, slot_header: Option<&str>) -> EdgeHeaders {
+    /// From the validated config; `slot_header` (`[server] slot_header`) and `id_header`
+    /// (`[request_id] header`) are the proxy's own.
+    pub(crate) fn new(
+        config: &HeadersConfig,
+        slot_header: Option<&str>,
+        id_header: Option<&str>,
+    ) -> EdgeHeaders {
         let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).ok();
         EdgeHeaders {
             set: config
@@ -36,16 +43,17 @@ impl EdgeHeaders {
                 .collect(),
             hide: config.hide.iter().filter_map(|n| name(n)).collect(),
             slot: slot_header.and_then(name),
+            id: id_header.and_then(name),
         }
     }
 
-    /// Whether an upstream's header `name` is left out of the response: the slot header, a
-    /// hidden one, or one the config sets (for every response or for `route`).
+    /// Whether an upstream's header `name` is left out of the response: the slot or request
+    /// id header, a hidden one, or one the config sets (for every response or for `route`).
     pub(crate) fn drops(&self, route: &RouteHeaders, name: &[u8]) -> bool {
         let is = |n: &[u8]| n.eq_ignore_ascii_case(name);
-        self.slot
-            .as_ref()
-            .is_some_and(|s| is(s.as_str().as_bytes()))
+        let own = |h: &Option<HeaderName>| h.as_ref().is_some_and(|h| is(h.as_str().as_bytes()));
+        own(&self.slot)
+            || own(&self.id)
             || self.hide.iter().any(|h| is(h.as_str().as_bytes()))
             || self.set.iter().any(|(n, _)| is(n.as_str().as_bytes()))
             || route.iter().any(|(n, _)| is(n.as_bytes()))
@@ -115,7 +123,7 @@ mod tests {
             .into(),
             hide: vec!["Server".into()],
         };
-        EdgeHeaders::new(&config, Some("x-bascule-slot"))
+        EdgeHeaders::new(&config, Some("x-bascule-slot"), Some("x-request-id"))
     }
 
     #[test]
@@ -130,6 +138,7 @@ mod tests {
         assert!(edge().drops(&route, b"X-Frame"));
         assert!(edge().drops(&[], b"server"));
         assert!(edge().drops(&[], b"X-Bascule-Slot"));
+        assert!(edge().drops(&[], b"X-Request-ID"));
         assert!(!edge().drops(&[], b"etag"));
     }
 

@@ -25,7 +25,7 @@ pub fn request_head(data: &[u8]) {
     };
     let head = RequestHead::from_h1(&req, head_len);
     let limits = LimitsConfig::default();
-    let Ok(c) = check(&head, &limits, Forwarding::Replace) else {
+    let Ok(c) = check(&head, &limits, Forwarding::Replace, None) else {
         return;
     };
     let mut out = Vec::new();
@@ -66,7 +66,7 @@ pub fn request_head(data: &[u8]) {
         headers: parsed.headers,
         head_len: n,
     };
-    let re = check(&rehead, &limits, Forwarding::Off)
+    let re = check(&rehead, &limits, Forwarding::Off, None)
         .unwrap_or_else(|r| panic!("written head refused: {r}: {out:?}"));
     assert_eq!(re.target.path_and_query, c.target.path_and_query);
     assert_eq!(re.body, c.body);

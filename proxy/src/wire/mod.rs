@@ -1,5 +1,6 @@
 //! HTTP on the wire, below every request path: the request policy ([`request`]), target
-//! normalisation ([`target`]), forwarded headers ([`forward`]), upstream response heads
+//! normalisation ([`target`]), forwarded headers ([`forward`]), request ids ([`request_id`]),
+//! upstream response heads
 //! ([`response`]) and chunked framing ([`chunked`]), the retry rules ([`retry`]), and what the
 //! proxy writes itself (the `Date` line, its own error responses). Knows nothing of slots or
 //! snapshots; both request paths call into it, so each rule exists once.
@@ -13,6 +14,7 @@ pub mod invariants;
 pub(crate) mod pingora;
 pub(crate) mod rate_limit;
 pub(crate) mod request;
+pub(crate) mod request_id;
 pub(crate) mod response;
 pub(crate) mod retry;
 pub(crate) mod target;

@@ -9,6 +9,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::forward::{Forwarded, Peer};
 use super::request::{self, check, Checked, Forwarding, Header, Kind, RequestHead, Version};
+use super::request_id::{IdRule, RequestId};
 use super::response::{response_kind, ResponseKind};
 use super::Reject;
 
@@ -21,23 +22,25 @@ pub(crate) struct Verdict {
     pub(crate) redirect: Option<String>,
     /// The target was not in normal form: the upstream gets it rewritten.
     pub(crate) rewritten: bool,
+    /// The request's id, under `[request_id]`.
+    pub(crate) request_id: Option<RequestId>,
 }
 
 /// Checks `req` like the fast path checks its heads, without editing it: the verdict, and the
 /// edit that makes it the upstream's head (normalised target, hop-by-hop headers and those
 /// `Connection` names removed, forwarded headers set when `mode` is not `Off`, for a client at
-/// `peer`). Editing apart lets the HTTP/2 loop see where a stream goes before either path
-/// takes it; the one that does edits it once.
+/// `peer`, the request id under `id`). Editing apart lets the HTTP/2 loop see where a stream
+/// goes before either path takes it; the one that does edits it once.
 pub(crate) fn check_pingora(
     req: &RequestHeader,
     limits: &LimitsConfig,
-    mode: Forwarding,
+    (mode, id): (Forwarding, Option<IdRule<'_>>),
     peer: Option<IpAddr>,
     tls: bool,
     redirect_to: Option<u16>,
 ) -> Result<(Verdict, Edit), Reject> {
     with_head(req, |head, authority| {
-        let c = check(head, limits, mode)?;
+        let c = check(head, limits, mode, id)?;
         let mut edit = Edit::new(head, &c, mode, peer, tls);
         edit.authority = authority.map(str::to_string);
         let verdict = verdict(&c, tls, redirect_to)?;
@@ -51,13 +54,13 @@ pub(crate) fn check_pingora(
 pub(crate) fn upstream_h1(
     req: &RequestHeader,
     limits: &LimitsConfig,
-    mode: Forwarding,
+    (mode, id): (Forwarding, Option<IdRule<'_>>),
     peer: Option<IpAddr>,
     tls: bool,
     out: &mut Vec<u8>,
 ) -> Result<Verdict, Reject> {
     with_head(req, |head, _| {
-        let c = check(head, limits, mode)?;
+        let c = check(head, limits, mode, id)?;
         request::write_upstream_h1(out, head, &c, |out| {
             if let (Some(peer), false) = (peer, mode == Forwarding::Off) {
                 Forwarded::new(head.headers, &c, &Peer::new(peer), tls).write_h1(out);
@@ -80,6 +83,7 @@ fn verdict(c: &Checked<'_>, tls: bool, redirect_to: Option<u16>) -> Result<Verdi
         path: c.target.path().to_string(),
         redirect,
         rewritten: rewritten(c),
+        request_id: c.request_id.as_ref().map(|(_, id)| id.clone()),
     })
 }
 
@@ -145,7 +149,7 @@ pub(crate) struct Edit {
     uri: Option<String>,
     host: Option<String>,
     remove: Vec<http::HeaderName>,
-    set: Vec<(&'static str, Vec<u8>)>,
+    set: Vec<(http::HeaderName, Vec<u8>)>,
 }
 
 impl Edit {
@@ -175,8 +179,13 @@ impl Edit {
         if let (Some(peer), false) = (peer, mode == Forwarding::Off) {
             let peer = Peer::new(peer);
             Forwarded::new(head.headers, c, &peer, tls).each(|name, parts| {
-                set.push((name, parts.concat()));
+                set.push((http::HeaderName::from_static(name), parts.concat()));
             });
+        }
+        if let Some((name, id)) = &c.request_id {
+            if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+                set.push((name, id.as_str().as_bytes().to_vec()));
+            }
         }
         Edit {
             authority: None,

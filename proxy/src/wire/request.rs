@@ -8,6 +8,7 @@
 
 use bascule_config::LimitsConfig;
 
+use super::request_id::{IdRule, RequestId};
 use super::target::{self, Target};
 use super::Reject;
 
@@ -119,6 +120,8 @@ pub(crate) struct Checked<'a> {
     pub(crate) has_fwd_host: bool,
     /// The first `Accept-Encoding` value (forwarded as it is; read by `[compression]`).
     pub(crate) accept_encoding: Option<&'a [u8]>,
+    /// `[request_id]`, when on: the header and the request's id (incoming ones were dropped).
+    pub(crate) request_id: Option<(&'a str, RequestId)>,
 }
 
 /// What one header name means to the policy.
@@ -177,11 +180,12 @@ pub(crate) enum Forwarding {
 }
 
 /// Checks `head` against the policy and `limits`; `mode` says what becomes of the incoming
-/// forwarded headers.
+/// forwarded headers, `id` how the request id is found (when `[request_id]` is on).
 pub(crate) fn check<'a>(
     head: &RequestHead<'a>,
     limits: &LimitsConfig,
     mode: Forwarding,
+    id: Option<IdRule<'a>>,
 ) -> Result<Checked<'a>, Reject> {
     if head.head_len > limits.max_header_bytes || head.headers.len() > MAX_REQUEST_HEADERS {
         return Err(Reject::HeadTooLarge);
@@ -210,7 +214,9 @@ pub(crate) fn check<'a>(
         has_proto: false,
         has_fwd_host: false,
         accept_encoding: None,
+        request_id: None,
     };
+    let mut incoming_id: Option<&[u8]> = None;
     let mut host_header: Option<&str> = None;
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -219,7 +225,14 @@ pub(crate) fn check<'a>(
     for (i, h) in head.headers.iter().enumerate() {
         let value = h.value;
         match kind(h.name.as_bytes()) {
-            Kind::Other => continue,
+            Kind::Other => {
+                // Always written again: kept from a trusted peer, made here otherwise.
+                if id.is_some_and(|r| r.is(h.name.as_bytes())) {
+                    incoming_id = incoming_id.or(Some(trim(value)));
+                    c.dropped.add(i);
+                }
+                continue;
+            }
             Kind::AcceptEncoding => {
                 c.accept_encoding = c.accept_encoding.or(Some(value));
                 continue;
@@ -331,6 +344,7 @@ pub(crate) fn check<'a>(
             return Err(Reject::BodyTooLarge);
         }
     }
+    c.request_id = id.map(|r| (r.header, r.id(incoming_id)));
     Ok(c)
 }
 
@@ -429,7 +443,8 @@ fn valid_host(value: &[u8]) -> Result<&str, Reject> {
 }
 
 /// Writes the upstream request head (HTTP/1.1) from the checked fields: request line, `Host`,
-/// the headers that stay, the framing header, `extra` (forwarded headers), blank line.
+/// the headers that stay, the request id, the framing header, `extra` (forwarded headers),
+/// blank line.
 pub(crate) fn write_upstream_h1(
     out: &mut Vec<u8>,
     head: &RequestHead<'_>,
@@ -452,6 +467,12 @@ pub(crate) fn write_upstream_h1(
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
+    }
+    if let Some((name, id)) = &c.request_id {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(id.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     match c.body {
         Body::None => {}
@@ -510,7 +531,7 @@ mod tests {
             max_body_bytes: 1000,
             ..LimitsConfig::default()
         };
-        let c = check(&head, &limits, Forwarding::Replace).map_err(|r| r.status())?;
+        let c = check(&head, &limits, Forwarding::Replace, None).map_err(|r| r.status())?;
         let mut out = Vec::new();
         write_upstream_h1(&mut out, &head, &c, |_| {});
         Ok(String::from_utf8(out).unwrap())

@@ -26,12 +26,7 @@ pub struct RawResponse {
 impl RawResponse {
     /// Every value of header `name` (case-insensitive).
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .filter(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        crate::header_values(&self.headers, name)
     }
 
     /// The first value of header `name` (case-insensitive).

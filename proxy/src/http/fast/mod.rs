@@ -39,13 +39,14 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::control::Control;
-use crate::http::edge::{Done, EdgePolicy, Policies};
+use crate::http::edge::{Done, Dress, EdgePolicy, Policies};
 use crate::http::service::Bascule;
 use crate::http::upstream::READ_CHUNK;
 use crate::slots::routing::{Member, Routing};
 use crate::wire::forward::Peer;
 use crate::wire::headers::RouteHeaders;
 use crate::wire::{error_body, Reject};
+use answer::Unrouted;
 use body::Incoming;
 use park::Parking;
 use request::{Head, Policy, Request};
@@ -281,6 +282,7 @@ impl FastApp {
                         serve: p.fast_path,
                         limits: &p.limits,
                         forwarding: p.forwarding_for(Some(client_ip)),
+                        id: p.id_rule(Some(client_ip)),
                         peer: &peer,
                         route_of: &route_of,
                         log: p.logs(),
@@ -350,8 +352,8 @@ impl FastApp {
                         Ok(r) => Ok(r),
                         Err(_) => {
                             let why = Reject::HeadTimeout;
-                            self.refuse(&policy, &mut client, why, &buf, client_ip, started)
-                                .await;
+                            let r = Unrouted::new(&buf, client_ip, Some(started), policy.new_id());
+                            self.refuse(&policy, &mut client, why, r).await;
                             return None;
                         }
                     }
@@ -364,19 +366,17 @@ impl FastApp {
             let mut req = match head {
                 Head::Fast(req) => req,
                 Head::Partial => unreachable!("the loop above ends on a complete head"),
-                Head::Reject(r) => {
-                    let started = head_started.unwrap_or_else(Instant::now);
-                    self.refuse(&policy, &mut client, r, &buf, client_ip, started)
-                        .await;
+                Head::Reject(why) => {
+                    let r = Unrouted::new(&buf, client_ip, head_started, policy.new_id());
+                    self.refuse(&policy, &mut client, why, r).await;
                     // The client may be sending a body (a 413): it is read and dropped a
                     // while, so the answer is not lost to a reset.
                     body::linger(&mut client).await;
                     return None;
                 }
-                Head::Redirect(location) => {
-                    let started = head_started.unwrap_or_else(Instant::now);
-                    self.redirect(&policy, &mut client, &location, &buf, client_ip, started)
-                        .await;
+                Head::Redirect(location, id) => {
+                    let r = Unrouted::new(&buf, client_ip, head_started, id);
+                    self.redirect(&policy, &mut client, &location, r).await;
                     return None;
                 }
                 // Boxed: Pingora's session future is large, and inline it would size every
@@ -385,10 +385,9 @@ impl FastApp {
                     return Box::pin(self.hand_over(client, tls, &buf, shutdown)).await
                 }
             };
-            if let Err(r) = policy.rate.check(req.path.get(&buf), client_ip) {
-                let started = head_started.unwrap_or_else(Instant::now);
-                self.refuse(&policy, &mut client, r, &buf, client_ip, started)
-                    .await;
+            if let Err(why) = policy.rate.check(req.path.get(&buf), client_ip) {
+                let r = Unrouted::new(&buf, client_ip, head_started, req.id.take());
+                self.refuse(&policy, &mut client, why, r).await;
                 return None;
             }
             // What of the body came with the head goes upstream in the head's write; the rest
@@ -404,10 +403,9 @@ impl FastApp {
                             body = None;
                         }
                     }
-                    Err(r) => {
-                        let started = head_started.unwrap_or_else(Instant::now);
-                        self.refuse(&policy, &mut client, r, &buf, client_ip, started)
-                            .await;
+                    Err(why) => {
+                        let r = Unrouted::new(&buf, client_ip, head_started, req.id.take());
+                        self.refuse(&policy, &mut client, why, r).await;
                         body::linger(&mut client).await;
                         return None;
                     }
@@ -459,11 +457,14 @@ impl FastApp {
         let done = match (&req.statics, route) {
             (Some(header), Some(route)) => {
                 let mut resp = p.statics.answer(header, routing, slot, route).await;
-                p.edge.apply(headers, &mut resp.header, false);
+                // On the header itself: an edge header replaces the file's own of that name.
+                p.dress(
+                    Dress::of(choice, headers, req.id.as_ref()),
+                    &mut resp.header,
+                    false,
+                );
                 let bytes = resp.body_len(req.head_method);
-                let mut extra = Vec::with_capacity(48);
-                p.slot_line(slot, &mut extra);
-                p.cookie_line(req.set_cookie, slot, &mut extra);
+                let mut extra = Vec::new();
                 if req.close {
                     extra.extend_from_slice(b"connection: close\r\n");
                 }
@@ -504,6 +505,7 @@ impl FastApp {
             bytes: done.bytes,
             slot: Some(slot),
             upstream: done.member.map(|m| m.address.clone()),
+            request_id: req.id.take(),
         });
         done.next
     }

@@ -66,7 +66,10 @@ impl FastApp {
         };
         Answered {
             member: tries.last(),
-            ..Answered::error(self.respond_error(p, client, slot, code, headers).await)
+            ..Answered::error(
+                self.respond_error(p, client, code, req.dress(slot, headers))
+                    .await,
+            )
         }
     }
 
@@ -106,7 +109,8 @@ impl FastApp {
                 Err(BodyError::Upstream) => return Err(Failure::Exchange),
                 Err(BodyError::Client(r)) => {
                     let code = r.status();
-                    self.respond_error(p, client, slot, code, headers).await;
+                    self.respond_error(p, client, code, req.dress(slot, headers))
+                        .await;
                     body::linger(client).await;
                     return Ok(Answered {
                         member: Some(member),
@@ -143,9 +147,7 @@ impl FastApp {
         if !h.has_date {
             date_line(&mut out);
         }
-        p.slot_line(slot, &mut out);
-        p.cookie_line(req.set_cookie, slot, &mut out);
-        p.edge.write_h1(headers, &mut out);
+        p.dress_h1(req.dress(slot, headers), &mut out);
         // Planned on the head as the client would get it, as the full proxy does: a `Vary`
         // set by `[headers]` is merged with the one compression adds, not written twice.
         let encoder = p

@@ -5,14 +5,18 @@
 use bascule_config::LimitsConfig;
 use pingora_http::RequestHeader;
 
+use crate::http::edge::Dress;
 use crate::slots::choice::{Asked, SlotPolicy};
 use crate::wire::access_log::LogRequest;
 use crate::wire::compress::{Compression, Negotiated};
 use crate::wire::forward::{Forwarded, Peer};
+use crate::wire::headers::RouteHeaders;
 use crate::wire::request::{
     check, write_upstream_h1, Body, Forwarding, RequestHead, Version, MAX_REQUEST_HEADERS,
 };
+use crate::wire::request_id::{IdRule, RequestId};
 use crate::wire::{https_location, Reject};
+use crate::SlotName;
 
 /// Request headers static serving reads (validators, ranges, encodings).
 const STATIC_HEADERS: [&str; 5] = [
@@ -53,6 +57,20 @@ pub(super) struct Request {
     pub(super) preview: bool,
     /// What `Accept-Encoding` allows, under `[compression]`.
     pub(super) negotiated: Negotiated,
+    /// Its id, under `[request_id]`.
+    pub(super) id: Option<RequestId>,
+}
+
+impl Request {
+    /// What dresses its answer from `slot` for a route with `headers`.
+    pub(super) fn dress<'a>(&'a self, slot: SlotName, headers: &'a RouteHeaders) -> Dress<'a> {
+        Dress {
+            slot: Some(slot),
+            set_cookie: self.set_cookie,
+            route: headers,
+            id: self.id.as_ref(),
+        }
+    }
 }
 
 /// The normalised path: where it lies in the connection's buffer, or (rewritten) its own copy.
@@ -83,7 +101,7 @@ pub(super) enum Head {
     /// Refused by the policy: answered with this, then the connection closes.
     Reject(Reject),
     /// A plain request under `[listen] redirect_http`: a 308 to this location.
-    Redirect(String),
+    Redirect(String, Option<RequestId>),
 }
 
 /// The settings [`parse`] applies.
@@ -96,6 +114,8 @@ pub(super) struct Policy<'a> {
     pub(super) serve: bool,
     pub(super) limits: &'a LimitsConfig,
     pub(super) forwarding: Forwarding,
+    /// `[request_id]`, when on.
+    pub(super) id: Option<IdRule<'a>>,
     pub(super) peer: &'a Peer,
     /// The route `path` takes, as an index into the snapshot's routes, and whether it is
     /// static (the head is then prepared for static serving rather than written upstream).
@@ -124,13 +144,13 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         Err(_) => return Head::Reject(Reject::BadRequest("malformed request head")),
     };
     let head = RequestHead::from_h1(&req, head_len);
-    let c = match check(&head, policy.limits, policy.forwarding) {
+    let mut c = match check(&head, policy.limits, policy.forwarding, policy.id) {
         Ok(c) => c,
         Err(r) => return Head::Reject(r),
     };
     if let Some(port) = policy.redirect_to {
         return match https_location(c.host, &c.target.path_and_query, port) {
-            Some(location) => Head::Redirect(location),
+            Some(location) => Head::Redirect(location, c.request_id.map(|(_, id)| id)),
             None => Head::Reject(Reject::BadRequest("no Host to redirect to")),
         };
     }
@@ -208,5 +228,6 @@ pub(super) fn parse(buf: &[u8], policy: &Policy<'_>, out: &mut Vec<u8>) -> Head 
         set_cookie: false,
         preview: false,
         negotiated,
+        id: c.request_id.take().map(|(_, id)| id),
     })
 }

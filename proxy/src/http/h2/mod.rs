@@ -35,9 +35,10 @@ use pingora_core::server::ShutdownWatch;
 mod proxy;
 
 use crate::http::coalesce::Coalesced;
-use crate::http::edge::Done;
+use crate::http::edge::{Done, Dress};
 use crate::http::service::Bascule;
 use crate::wire::access_log::LogRequest;
+use crate::wire::request_id::RequestId;
 
 /// Malformed streams a connection may open before it is closed, as Pingora's loop allows.
 const MAX_MALFORMED: usize = 32;
@@ -186,7 +187,7 @@ impl Bascule {
         }
         // A refused head is answered by the full proxy, with the same policy.
         let mut head = Vec::with_capacity(256);
-        let Ok(verdict) = p.upstream_head(req, client, &mut head) else {
+        let Ok(mut verdict) = p.upstream_head(req, client, &mut head) else {
             return Taken::Full(Box::new(session));
         };
         let routing = self.routing();
@@ -212,9 +213,10 @@ impl Bascule {
         };
         // Taken here from now on: counted, logged, answered.
         let request = p.logs().then(|| Box::new(LogRequest::from_pingora(req)));
+        let id = verdict.request_id.take();
         if let Err(why) = p.rate.check(&verdict.path, ip) {
             let (mut status, mut len) = (0, 0);
-            if let Some((head, body)) = p.refusal(&why) {
+            if let Some((head, body)) = p.refusal(&why, id.as_ref()) {
                 let code = head.status.as_u16();
                 len = body.len() as u64;
                 if session.write_response_header(Box::new(head), false).is_ok()
@@ -223,18 +225,22 @@ impl Bascule {
                     status = code;
                 }
             }
-            p.record(done(start, client, request, status, len, None));
+            p.record(done(start, client, request, (status, len), None, id));
             return Taken::Answered;
         }
         let inflight = p.admit(&routing, choice);
         match plan {
             Plan::Static(mut resp) => {
                 let route = route.map_or(&[][..], |r| &r.headers[..]);
-                p.dress_static(&mut resp.header, choice, route);
+                p.dress(
+                    Dress::of(choice, route, id.as_ref()),
+                    &mut resp.header,
+                    false,
+                );
                 let bytes = resp.body_len(head_only);
                 let status = resp.write_h2_now(&mut session, head_only);
                 let slot = Some(choice.slot);
-                p.record(done(start, client, request, status, bytes, slot));
+                p.record(done(start, client, request, (status, bytes), slot, id));
                 Taken::Answered
             }
             Plan::Upstream(route) => Taken::Proxied(Box::new(proxy::Proxied {
@@ -250,18 +256,20 @@ impl Bascule {
                 head,
                 head_only,
                 idempotent,
+                id,
             })),
         }
     }
 }
 
+/// A stream's end, for the record: its `(status, body bytes)` answer (status 0: none).
 fn done(
     start: Instant,
     client: Option<IpAddr>,
     request: Option<Box<LogRequest>>,
-    status: u16,
-    bytes: u64,
+    (status, bytes): (u16, u64),
     slot: Option<crate::SlotName>,
+    request_id: Option<RequestId>,
 ) -> Done {
     Done {
         start,
@@ -271,5 +279,6 @@ fn done(
         bytes: if status == 0 { 0 } else { bytes },
         slot,
         upstream: None,
+        request_id,
     }
 }

@@ -3,7 +3,7 @@
 //! ([`crate::wire::pingora::upstream_h1`]), on a provably idle connection from the member's
 //! own pool or a fresh one, the members tried by the shared retry rules — and the response
 //! head, checked and rewritten by the fast path's parser, becomes the stream's head with the
-//! full proxy's response policy (edge headers, slot header, sticky cookie). Pingora's full
+//! full proxy's response policy (edge headers, slot header, sticky cookie, request id). Pingora's full
 //! proxy would spend a task's worth of phases on each stream and keep its own pool beside the
 //! members'.
 
@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::v2::server::HttpSession;
 
 use crate::http::attempts::Attempts;
-use crate::http::edge::EdgePolicy;
+use crate::http::edge::{Dress, EdgePolicy};
 use crate::http::service::Bascule;
 use crate::http::upstream::{self, Exchange, Sink, READ_CHUNK};
 use crate::slots::choice::Choice;
@@ -24,6 +24,7 @@ use crate::slots::counters::InflightGuard;
 use crate::slots::routing::{Member, Routing};
 use crate::wire::access_log::LogRequest;
 use crate::wire::pingora::response_from_h1;
+use crate::wire::request_id::RequestId;
 use crate::wire::response::Framing;
 use crate::wire::retry::Failure;
 
@@ -50,6 +51,8 @@ pub(super) struct Proxied {
     pub(super) head_only: bool,
     /// The method may be sent twice.
     pub(super) idempotent: bool,
+    /// Its id, under `[request_id]`.
+    pub(super) id: Option<RequestId>,
 }
 
 /// How a proxied stream ended, for the metrics and the log.
@@ -70,9 +73,9 @@ impl Bascule {
             p.start,
             p.client,
             p.request.take(),
-            out.status,
-            out.bytes,
+            (out.status, out.bytes),
             slot,
+            p.id.take(),
         );
         d.upstream = out.member.map(|m| m.address.clone());
         p.policy.record(d);
@@ -121,9 +124,8 @@ impl Bascule {
         let h = upstream::read_head(&mut ex, &mut sink, p.head_only, &drop, &mut ubuf, &mut out)
             .await?;
         let mut resp = response_from_h1(&out).ok_or(Failure::Exchange)?;
-        policy.edge.apply(route, &mut resp, false);
-        policy.tag(&mut resp, slot);
-        policy.sticky_cookie(&mut resp, slot, p.choice.set_cookie);
+        // The upstream's headers the edge sets or hides were left out by the parser.
+        policy.dress(Dress::of(p.choice, route, p.id.as_ref()), &mut resp, false);
         let mut body = Vec::new();
         let start = upstream::start(&h, &ubuf[h.len..], &mut body, true)?;
         let whole = start.whole().map(|in_step| in_step && !h.close);
@@ -179,7 +181,8 @@ impl Bascule {
             bytes: 0,
             member: None,
         };
-        if let Some((resp, body)) = p.policy.error_answer(code, Some(p.choice.slot), route) {
+        let d = Dress::of(p.choice, route, p.id.as_ref());
+        if let Some((resp, body)) = p.policy.error_answer(code, d) {
             let len = body.len() as u64;
             if p.session
                 .write_response_header(Box::new(resp), false)

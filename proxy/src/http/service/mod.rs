@@ -19,12 +19,13 @@ use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::ResponseHeader;
 
 use crate::control::Control;
-use crate::http::edge::{Done, EdgePolicy, Policies};
+use crate::http::edge::{Done, Dress, EdgePolicy, Policies};
 use crate::slots::counters::InflightGuard;
 use crate::slots::routing::Routing;
 use crate::wire::access_log::LogRequest;
 use crate::wire::compress::{self, Encoder, Facts, Negotiated, Plan};
 use crate::wire::pingora;
+use crate::wire::request_id::RequestId;
 use crate::wire::retry::{self, Failure, Retries};
 use crate::SlotName;
 
@@ -85,6 +86,8 @@ pub struct RequestCtx {
     negotiated: Negotiated,
     /// The compressor of a response being compressed.
     encoder: Option<Encoder>,
+    /// The request's id, under `[request_id]`.
+    request_id: Option<RequestId>,
     start: Instant,
 }
 
@@ -146,6 +149,7 @@ impl ProxyHttp for Bascule {
             route_headers: None,
             negotiated: Negotiated::Off,
             encoder: None,
+            request_id: None,
             start: Instant::now(),
         }
     }
@@ -181,16 +185,23 @@ impl ProxyHttp for Bascule {
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let client = peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let checked = p
-            .check(session.req_header(), peer, tls)
-            .and_then(|(v, edit)| p.rate.check(&v.path, client).map(|()| (v, edit)));
+        let checked = match p.check(session.req_header(), peer, tls) {
+            Ok((mut v, edit)) => {
+                ctx.request_id = v.request_id.take();
+                p.rate.check(&v.path, client).map(|()| (v, edit))
+            }
+            Err(why) => {
+                ctx.request_id = p.new_id();
+                Err(why)
+            }
+        };
         let verdict = match checked {
             Ok((v, edit)) => {
                 edit.apply(session.req_header_mut());
                 v
             }
             Err(why) => {
-                if let Some((resp, body)) = p.refusal(&why) {
+                if let Some((resp, body)) = p.refusal(&why, ctx.request_id.as_ref()) {
                     let _ = session.write_error_response(resp, body).await;
                 }
                 return Ok(true);
@@ -200,7 +211,7 @@ impl ProxyHttp for Bascule {
             let body = Bytes::from_static(b"moved to https\n");
             if let Some(mut resp) = pingora::own_response_header(308, body.len()) {
                 let _ = resp.insert_header(http::header::LOCATION, location);
-                p.edge.apply(&[], &mut resp, false);
+                p.dress(Dress::bare(ctx.request_id.as_ref()), &mut resp, false);
                 let _ = session.write_error_response(resp, body).await;
             }
             return Ok(true);
@@ -219,7 +230,8 @@ impl ProxyHttp for Bascule {
         if let (RouteTarget::Static, Some(route)) = (target, route) {
             let route = route.clone();
             let mut resp = p.statics.respond(session, &routing, slot, &route).await?;
-            p.dress_static(&mut resp.header, choice, &route.headers);
+            let d = Dress::of(choice, &route.headers, ctx.request_id.as_ref());
+            p.dress(d, &mut resp.header, false);
             resp.send(session).await?;
             ctx.routing = Some(routing);
             return Ok(true);
@@ -359,10 +371,13 @@ impl ProxyHttp for Bascule {
             .as_ref()
             .and_then(|h| std::str::from_utf8(h).ok());
         pingora::clean_response(upstream_response, slot_header);
-        let route = ctx.route_headers.as_deref().unwrap_or_default();
-        p.edge.apply(route, upstream_response, true);
-        p.tag(upstream_response, ctx.slot);
-        p.sticky_cookie(upstream_response, ctx.slot, ctx.set_cookie);
+        let d = Dress {
+            slot: Some(ctx.slot),
+            set_cookie: ctx.set_cookie,
+            route: ctx.route_headers.as_deref().unwrap_or_default(),
+            id: ctx.request_id.as_ref(),
+        };
+        p.dress(d, upstream_response, true);
         if upstream_response.status == 101 {
             if let (Some(fd), Some(r)) = (ctx.upstream_fd.take(), &ctx.routing) {
                 ctx.upgraded = r.counters.upgraded.register(ctx.slot, fd);
@@ -415,10 +430,18 @@ impl ProxyHttp for Bascule {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = error_status(e);
-        let slot = ctx.guard.is_some().then_some(ctx.slot);
-        let route = ctx.route_headers.as_deref().unwrap_or_default();
+        // Failed before its head was checked: an id of its own all the same.
+        if ctx.request_id.is_none() {
+            ctx.request_id = ctx.policy.new_id();
+        }
+        let d = Dress {
+            slot: ctx.guard.is_some().then_some(ctx.slot),
+            set_cookie: false,
+            route: ctx.route_headers.as_deref().unwrap_or_default(),
+            id: ctx.request_id.as_ref(),
+        };
         if let Some((resp, body)) = (code > 0)
-            .then(|| ctx.policy.error_answer(code, slot, route))
+            .then(|| ctx.policy.error_answer(code, d))
             .flatten()
         {
             let _ = session.write_error_response(resp, body).await;
@@ -455,6 +478,7 @@ impl ProxyHttp for Bascule {
             bytes: session.body_bytes_sent() as u64,
             slot: ctx.guard.is_some().then_some(ctx.slot),
             upstream: upstream.map(|m| m.address.clone()),
+            request_id: ctx.request_id.take(),
         });
     }
 }
