@@ -202,6 +202,9 @@ pub fn human(reply: &Reply) -> String {
         Reply::Health(health) => {
             for m in &health.upstreams {
                 out.push_str(&format!("{:<6} {}", m.slot, cell(&m.address, m.healthy)));
+                if let Some(until) = &m.ejected_until {
+                    out.push_str(&format!("  ejected until {until}"));
+                }
                 if let Some(err) = &m.last_error {
                     out.push_str(&format!("  last error: {err}"));
                 }

@@ -294,6 +294,9 @@ pub struct MemberHealth {
     pub last_check: Option<String>,
     /// Why the last check failed, if it did.
     pub last_error: Option<String>,
+    /// RFC 3339 end of an `[outlier]` ejection under way: not picked until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected_until: Option<String>,
 }
 
 /// `weights`.

@@ -51,6 +51,7 @@ pub(crate) struct FileConfig {
     pub(crate) compression: Option<crate::compression::file::Compression>,
     #[serde(default)]
     pub(crate) request_id: crate::headers::file::RequestId,
+    pub(crate) outlier: Option<crate::outlier::file::Outlier>,
 }
 
 #[derive(Debug, Deserialize, Default)]

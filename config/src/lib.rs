@@ -16,6 +16,7 @@ mod edge;
 mod error;
 mod file;
 mod headers;
+mod outlier;
 mod preview;
 mod rate_limits;
 mod rollback;
@@ -37,6 +38,9 @@ pub use edge::{
 };
 pub use error::ConfigError;
 pub use headers::{HeaderLines, HeadersConfig, DEFAULT_REQUEST_ID_HEADER};
+pub use outlier::{
+    OutlierConfig, DEFAULT_EJECT_TIME, DEFAULT_MAX_EJECTED_PERCENT, DEFAULT_OUTLIER_FAILURES,
+};
 pub use preview::{
     CanaryConfig, PreviewConfig, Sticky, DEFAULT_CANARY_COOKIE, DEFAULT_PREVIEW_COOKIE,
     DEFAULT_PREVIEW_HEADER,
@@ -171,6 +175,8 @@ pub struct Config {
     pub compression: CompressionConfig,
     /// `[request_id]`: the header that carries each request's id (lowercase), `None` when off.
     pub request_id: Option<String>,
+    /// `[outlier]`: passive ejection of failing members, `None` (no table) when off.
+    pub outlier: Option<OutlierConfig>,
 }
 
 /// Process-level settings (`[server]`).

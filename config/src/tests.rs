@@ -183,6 +183,26 @@ fn request_id_is_on_by_default_and_its_header_is_checked() {
 }
 
 #[test]
+fn outlier_is_off_without_its_table_and_bounded() {
+    assert_eq!(parse("", "t.toml").unwrap().outlier, None);
+    let c = parse("[outlier]\n", "t.toml").unwrap().outlier.unwrap();
+    assert_eq!(
+        (c.consecutive_failures, c.eject_time, c.max_ejected_percent),
+        (5, Duration::from_secs(30), 50)
+    );
+    for (bad, key) in [
+        ("consecutive_failures = 0", "outlier.consecutive_failures:"),
+        ("max_ejected_percent = 101", "outlier.max_ejected_percent:"),
+        ("eject_time = \"0s\"", "outlier.eject_time:"),
+        ("eject_time = \"25h\"", "outlier.eject_time:"),
+    ] {
+        let (line, _, msg) = invalid(&format!("[outlier]\n{bad}\n"));
+        assert_eq!(line, 2, "{bad}");
+        assert!(msg.starts_with(key), "{bad}: {msg}");
+    }
+}
+
+#[test]
 fn admin_mode_too_large() {
     let (_, _, msg) = invalid("[admin]\nmode = 4096\n");
     assert!(msg.starts_with("admin.mode:"), "{msg}");

@@ -175,6 +175,7 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
     let canary = crate::preview::canary(f.canary, preview.as_ref())?;
     let compression = crate::compression::compression(f.compression)?;
     let request_id = crate::headers::request_id(f.request_id, server.slot_header.as_deref())?;
+    let outlier = f.outlier.map(crate::outlier::outlier).transpose()?;
 
     Ok(Config {
         source: None,
@@ -205,13 +206,14 @@ pub(crate) fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, 
         canary,
         compression,
         request_id,
+        outlier,
     })
 }
 
 /// A duration from the file, or `default`; zero is refused: every duration here is a timeout
 /// or a period, and zero would mean "at once, for ever" (a health checker that spins, requests
 /// cut before they start).
-fn duration(
+pub(crate) fn duration(
     d: Option<Spanned<HumanDuration>>,
     key: &str,
     default: Duration,

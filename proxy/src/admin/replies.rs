@@ -90,6 +90,7 @@ pub(crate) fn health(r: &Routing) -> HealthReply {
                 healthy: m.health.healthy(),
                 last_check: rfc3339(last.at),
                 last_error: last.error,
+                ejected_until: rfc3339(m.health.ejected_until()),
             });
         }
     }

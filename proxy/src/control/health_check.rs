@@ -120,11 +120,17 @@ impl Control {
             .members()
             .iter()
             .map(|m| {
-                let why = m
-                    .health
-                    .last()
-                    .error
-                    .unwrap_or_else(|| "not healthy yet".into());
+                let why = match m.health.ejected_until() {
+                    Some(until) => format!(
+                        "ejected for failing requests until {}",
+                        humantime::format_rfc3339_seconds(until)
+                    ),
+                    None => m
+                        .health
+                        .last()
+                        .error
+                        .unwrap_or_else(|| "not healthy yet".into()),
+                };
                 format!("{} ({why})", m.address)
             })
             .collect();

@@ -3,13 +3,16 @@
 //! and no retry on a slot whose exchanges were cut by a drain timeout. A path keeps only its
 //! own way of sending and of answering the error.
 
+use crate::http::edge::EdgePolicy;
 use crate::slots::routing::{Member, Routing};
 use crate::wire::retry::{Failure, Retries};
 use crate::SlotName;
 
 /// The attempts of one request on one slot.
-pub(crate) struct Attempts<'r> {
+pub(crate) struct Attempts<'r, 'p> {
     routing: &'r Routing,
+    /// Judges each attempt's member (`[outlier]`).
+    policy: &'p EdgePolicy,
     slot: SlotName,
     /// The slot's cut epoch when the request began.
     epoch: u64,
@@ -28,11 +31,16 @@ pub(crate) struct Attempt<'r> {
     pub(crate) fresh_only: bool,
 }
 
-impl<'r> Attempts<'r> {
+impl<'r, 'p> Attempts<'r, 'p> {
     /// The first attempt is yet to be picked.
-    pub(crate) fn new(routing: &'r Routing, slot: SlotName) -> Attempts<'r> {
+    pub(crate) fn new(
+        routing: &'r Routing,
+        slot: SlotName,
+        policy: &'p EdgePolicy,
+    ) -> Attempts<'r, 'p> {
         Attempts {
             routing,
+            policy,
             slot,
             epoch: routing.counters.exchanges.cut_epoch(slot),
             retries: Retries::default(),
@@ -56,6 +64,13 @@ impl<'r> Attempts<'r> {
         })
     }
 
+    /// The attempt [`Attempts::next`] gave was answered with `status` (a 5xx is a failure of
+    /// its member, anything else a success).
+    pub(crate) fn answered(&self, status: u16) {
+        self.policy
+            .judge(self.routing, self.slot, self.current, status >= 500);
+    }
+
     /// The member of the last attempt, for the access log of a request that failed on it.
     pub(crate) fn last(&self) -> Option<&'r Member> {
         let members = self.routing.slot(self.slot).pool.members();
@@ -66,6 +81,11 @@ impl<'r> Attempts<'r> {
     /// client; `Err(status)` when the request is to be answered with an error instead of tried
     /// again. `replayable`: the request may be sent again (idempotent, body still whole).
     pub(crate) fn failed(&mut self, failure: Failure, replayable: bool) -> Result<(), u16> {
+        // A pooled connection the upstream had closed says nothing of the member.
+        if failure != Failure::Stale {
+            self.policy
+                .judge(self.routing, self.slot, self.current, true);
+        }
         // A slot whose drain timed out is not retried on: its exchanges were cut on purpose.
         if self.routing.counters.exchanges.cut_epoch(self.slot) != self.epoch {
             return Err(503);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use bascule_config::{Config, ForwardingConfig, LimitsConfig};
+use bascule_config::{Config, ForwardingConfig, LimitsConfig, OutlierConfig};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -65,6 +65,8 @@ pub(crate) struct EdgePolicy {
     pub(crate) pool_max: usize,
     /// `[request_id]`: the header, when on.
     pub(crate) request_id: Option<HeaderName>,
+    /// `[outlier]`, when on.
+    pub(crate) outlier: Option<OutlierConfig>,
 }
 
 /// Why a config's policy could not be built.
@@ -125,6 +127,7 @@ impl EdgePolicy {
                 .request_id
                 .as_deref()
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            outlier: config.outlier.clone(),
         })
     }
 
@@ -163,6 +166,27 @@ impl EdgePolicy {
             if let Ok(v) = HeaderValue::from_str(id.as_str()) {
                 let _ = resp.insert_header(name.clone(), v);
             }
+        }
+    }
+
+    /// Judges member `i` of `slot` by one request's outcome (`failed`: no connection, a
+    /// timeout or a 5xx), under `[outlier]`; an ejection is logged and counted.
+    pub(crate) fn judge(&self, routing: &Routing, slot: SlotName, i: usize, failed: bool) {
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
+        let pool = &routing.slot(slot).pool;
+        if let Some(time) = pool.observe(i, failed, cfg) {
+            let address = &pool.members()[i].address;
+            self.metrics
+                .ejections
+                .with_label_values(&[slot.as_str(), address])
+                .inc();
+            tracing::warn!(
+                "{slot} upstream {address} ejected for {}: {} requests in a row failed",
+                humantime::format_duration(time),
+                cfg.consecutive_failures
+            );
         }
     }
 
@@ -400,6 +424,7 @@ fn changed_tables(a: &Config, b: &Config) -> Vec<String> {
         ("preview", a.preview != b.preview),
         ("canary", a.canary != b.canary),
         ("request_id", a.request_id != b.request_id),
+        ("outlier", a.outlier != b.outlier),
         ("listen.redirect_http", a.redirect_http != b.redirect_http),
         ("server.slot_header", s.slot_header != t.slot_header),
         (

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Requests refused by `[[rate_limits]]`, by prefix.
     pub rate_limited: IntCounterVec,
+    /// Members ejected by `[outlier]`, by slot and member.
+    pub ejections: IntCounterVec,
     /// Client connections accepted, by how they are served.
     pub connections: Connections,
     /// Woken by every 5xx a slot answers: the automatic rollback judges at the request that
@@ -158,6 +160,14 @@ impl Metrics {
             &["prefix"],
         )
         .expect("valid metric");
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "bascule_outlier_ejections_total",
+                "Upstream members ejected for failing requests in a row, by slot and member",
+            ),
+            &["slot", "upstream"],
+        )
+        .expect("valid metric");
         let accepted = IntCounterVec::new(
             Opts::new(
                 "bascule_connections_total",
@@ -194,6 +204,7 @@ impl Metrics {
             Box::new(preview_requests.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(ejections.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -218,6 +229,7 @@ impl Metrics {
             errors_seen: [tokio::sync::Notify::new(), tokio::sync::Notify::new()],
             access_log_dropped,
             rate_limited,
+            ejections,
             connections,
         })
     }

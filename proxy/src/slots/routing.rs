@@ -8,9 +8,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use bascule_config::{Route, RouteTarget, UpstreamConfig};
+use bascule_config::{OutlierConfig, Route, RouteTarget, UpstreamConfig};
 use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::slots::counters::SlotCounters;
@@ -288,6 +288,26 @@ impl Pool {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n).map(|i| (start + i) % n).find(|&i| usable(i))
+    }
+
+    /// Judges member `i` by one request's outcome under `[outlier]`: the failure that makes
+    /// `consecutive_failures` in a row ejects it, unless `max_ejected_percent` of the pool
+    /// would then be out. Returns how long it is out for, when it was ejected now.
+    pub(crate) fn observe(&self, i: usize, failed: bool, cfg: &OutlierConfig) -> Option<Duration> {
+        let m = self.members.get(i)?;
+        if !failed {
+            m.health.request_passed(cfg);
+            return None;
+        }
+        if m.health.request_failed() < cfg.consecutive_failures || m.health.ejected() {
+            return None;
+        }
+        let out = self.members.iter().filter(|m| m.health.ejected()).count();
+        let cap = cfg.max_ejected_percent as usize * self.members.len();
+        if (out + 1) * 100 > cap {
+            return None;
+        }
+        Some(m.health.eject(cfg))
     }
 
     /// Whether any member is known healthy.

@@ -33,7 +33,7 @@ impl FastApp {
         headers: &RouteHeaders,
         body: &mut Relay<'_>,
     ) -> Answered<'r> {
-        let mut tries = Attempts::new(routing, slot);
+        let mut tries = Attempts::new(routing, slot, p);
         let code = loop {
             let t = match tries.next() {
                 Ok(t) => t,
@@ -56,7 +56,10 @@ impl FastApp {
             // Sent again only while the body is whole (it all went with the head).
             let replayable = req.idempotent && !body.started;
             match tried {
-                Ok(done) => return done,
+                Ok(done) => {
+                    tries.answered(done.status);
+                    return done;
+                }
                 Err(f) => {
                     if let Err(code) = tries.failed(f, replayable) {
                         break code;

@@ -82,14 +82,19 @@ impl Bascule {
     }
 
     async fn exchange<'r>(&self, p: &mut Proxied, routing: &'r Routing) -> Outcome<'r> {
-        let mut tries = Attempts::new(routing, p.choice.slot);
+        // Its own handle: the attempts borrow the stream mutably.
+        let policy = p.policy.clone();
+        let mut tries = Attempts::new(routing, p.choice.slot, &policy);
         let code = loop {
             let t = match tries.next() {
                 Ok(t) => t,
                 Err(code) => break code,
             };
             match self.attempt(p, routing, t.member, t.fresh_only).await {
-                Ok(out) => return out,
+                Ok(out) => {
+                    tries.answered(out.status);
+                    return out;
+                }
                 Err(f) => {
                     if let Err(code) = tries.failed(f, p.idempotent) {
                         break code;

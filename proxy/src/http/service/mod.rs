@@ -100,6 +100,13 @@ impl Drop for RequestCtx {
 }
 
 impl RequestCtx {
+    /// Judges the member of the current attempt by its outcome (`[outlier]`).
+    fn judge(&self, failed: bool) {
+        if let (Some(r), Some(i)) = (&self.routing, self.member) {
+            self.policy.judge(r, self.slot, i, failed);
+        }
+    }
+
     /// The slot serving this request, once routed.
     pub fn slot(&self) -> Option<SlotName> {
         self.guard.as_ref().map(InflightGuard::slot)
@@ -296,6 +303,7 @@ impl ProxyHttp for Bascule {
         } else {
             Failure::Connect
         };
+        ctx.judge(true);
         e.set_retry(self.again(ctx, failure, true));
         e
     }
@@ -337,6 +345,10 @@ impl ProxyHttp for Bascule {
             _ if client_reused => Failure::Stale,
             _ => Failure::Exchange,
         };
+        // A pooled connection the upstream had closed says nothing of the member.
+        if e.esource() == &ErrorSource::Upstream && failure != Failure::Stale {
+            ctx.judge(true);
+        }
         let again = e.esource() == &ErrorSource::Upstream && self.again(ctx, failure, replayable);
         e.set_retry(again);
         e
@@ -353,8 +365,10 @@ impl ProxyHttp for Bascule {
     ) -> Result<()> {
         // Refused as the fast path refuses it: a 502, the connection not reused.
         if let Some(why) = pingora::refused_response(upstream_response, session.is_upgrade_req()) {
+            ctx.judge(true);
             return Error::e_explain(ErrorType::HTTPStatus(502), why);
         }
+        ctx.judge(upstream_response.status.as_u16() >= 500);
         // An HTTP/1.0 client reads no chunked framing: without it Pingora writes the body
         // decoded and delimited by the close, as the fast path does.
         if session.req_header().version == http::Version::HTTP_10
