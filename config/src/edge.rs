@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default longest wait between two reads of a request body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default longest time an HTTP/2 connection may take no byte of what it is sent (nginx's
+/// Default longest time a client connection may take no byte of what it is sent (nginx's
 /// `send_timeout`): then it is closed, with all it had queued.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -61,7 +61,7 @@ pub struct LimitsConfig {
     pub header_timeout: Duration,
     /// Longest wait between two reads of a request body.
     pub body_timeout: Duration,
-    /// Longest time an HTTP/2 connection's writes may wait on a client that takes nothing.
+    /// Longest time a client connection's writes may wait on a client that takes nothing.
     pub send_timeout: Duration,
 }
 

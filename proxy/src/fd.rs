@@ -1,5 +1,6 @@
 //! Descriptor duplication, for the registries that must keep a socket reachable after the
-//! object that owns it is gone or out of reach (upgraded connections, parked connections).
+//! object that owns it is gone or out of reach (upgraded connections, parked connections); the
+//! send timeout of client sockets; the accept loops' backoff.
 
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
@@ -11,6 +12,36 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 pub(crate) unsafe fn duplicate(fd: RawFd) -> std::io::Result<OwnedFd> {
     // SAFETY: open for the call, by this function's contract; only borrowed for the `dup`.
     unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+}
+
+/// Sets `TCP_USER_TIMEOUT` on the socket `fd`: the kernel aborts the connection once data it
+/// sent stays unacknowledged, or the peer's window stays shut, for `timeout` — how a client that
+/// stops reading is let go of (nginx's `send_timeout`) without a timer per write.
+///
+/// # Safety
+/// `fd` must be an open descriptor for the whole call.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn set_user_timeout(
+    fd: RawFd,
+    timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: `fd` is open for the call (this function's contract); the option value is a
+    // `c_uint` on the stack, its size passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// What an accept loop does after `accept` failed: descriptors or memory ran out (EMFILE,

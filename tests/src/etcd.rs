@@ -23,6 +23,9 @@ pub struct Etcd {
     dir: tempfile::TempDir,
 }
 
+/// How many times [`Etcd::start`] picks new ports when one was taken.
+const START_ATTEMPTS: usize = 5;
+
 /// The `etcd` binary, or why there is none.
 fn etcd_bin() -> Result<PathBuf, String> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -34,12 +37,27 @@ fn etcd_bin() -> Result<PathBuf, String> {
 
 impl Etcd {
     /// Starts `n` members and waits until every one answers; `None` (with the reason
-    /// printed) when etcd is not installed.
+    /// printed) when etcd is not installed. Ports are picked free, then bound by etcd: one
+    /// another process took in between fails that start, which is made again on new ports.
     pub fn start(n: usize) -> Option<Etcd> {
         if let Err(why) = etcd_bin() {
             println!("skipped: {why}");
             return None;
         }
+        let mut why = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let mut etcd = Etcd::spawn_all(n);
+            match etcd.until_healthy() {
+                Ok(()) => return Some(etcd),
+                Err(logs) if logs.contains("address already in use") => why = logs,
+                Err(logs) => panic!("etcd did not start: {logs}"),
+            }
+        }
+        panic!("etcd did not start: {START_ATTEMPTS} times a port was taken: {why}");
+    }
+
+    /// `n` members on new ports, started.
+    fn spawn_all(n: usize) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("bascule-etcd-")
             .tempdir()
@@ -65,8 +83,27 @@ impl Etcd {
         for i in 0..n {
             etcd.spawn(i);
         }
-        etcd.wait_healthy();
-        Some(etcd)
+        etcd
+    }
+
+    /// Waits until every member answers; the logs when one exited or did not in time.
+    fn until_healthy(&mut self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            let m = &mut self.members[i];
+            let mut exited = false;
+            let up = wait_until(Duration::from_secs(20), || {
+                exited = m
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+                exited || healthy(m.client)
+            });
+            if !up || exited {
+                let name = m.name.clone();
+                return Err(format!("member {name}: {}", self.logs()));
+            }
+        }
+        Ok(())
     }
 
     fn spawn(&mut self, i: usize) {
@@ -146,14 +183,9 @@ impl Etcd {
         self.wait_healthy();
     }
 
-    fn wait_healthy(&self) {
-        for m in &self.members {
-            assert!(
-                wait_until(Duration::from_secs(20), || healthy(m.client)),
-                "etcd member {} did not start: {}",
-                m.name,
-                self.logs()
-            );
+    fn wait_healthy(&mut self) {
+        if let Err(why) = self.until_healthy() {
+            panic!("etcd did not start: {why}");
         }
     }
 

@@ -56,3 +56,29 @@ pub fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a
         .map(|(_, v)| v.as_str())
         .collect()
 }
+
+/// Descriptors process `pid` holds for connected sockets on its local `port` (the clients a
+/// proxy accepted there): its own connections to upstreams, health checks and `/metrics` come
+/// and go beside them and are not counted.
+pub fn client_sockets(pid: u32, port: u16) -> usize {
+    let port = format!(":{port:04X}");
+    // `sl local rem st tx:rx tr:when retr uid timeout inode …`
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Listening sockets (state 0A) are the proxy's own, not a client's.
+            if f.len() > 9 && f[1].ends_with(&port) && f[3] != "0A" {
+                inodes.insert(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| inodes.contains(&*l.to_string_lossy()))
+                .count()
+        })
+        .unwrap_or(0)
+}

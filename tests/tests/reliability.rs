@@ -500,3 +500,55 @@ fn an_http2_client_that_takes_nothing_is_closed_after_the_send_timeout() {
     // The proxy serves on.
     assert!(TlsConn::connect(https, "localhost", &[b"h2"], false).is_ok());
 }
+
+#[test]
+fn an_http1_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(site.path().join("assets")).unwrap();
+    std::fs::write(site.path().join("assets/big.bin"), vec![b'x'; 32 << 20]).unwrap();
+    let blue = Upstream::start("127.0.0.1:0", "blue", "1.0.0").unwrap();
+    for mode in bascule_tests::MODES {
+        let proxy = Proxy::start(&ProxyConfig {
+            blue: vec![blue.addr()],
+            green: vec![blue.addr()],
+            blue_root: Some(site.path().to_path_buf()),
+            green_root: Some(site.path().to_path_buf()),
+            server: mode.server(),
+            extra: "[limits]\nsend_timeout = \"1s\"\n\n[[routes]]\nprefix = \"/assets/\"\nto = \"static\"\n".into(),
+            ..Default::default()
+        });
+        let mut client = TcpStream::connect(proxy.addr).unwrap();
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        client
+            .write_all(b"GET /assets/big.bin HTTP/1.1\r\nHost: e\r\n\r\n")
+            .unwrap();
+        // Never read: the proxy's writes stall on a shut window until the kernel gives up on
+        // them and drops the connection.
+        let (pid, port) = (proxy.pid(), proxy.addr.port());
+        assert!(
+            wait_until(WAIT, || bascule_tests::client_sockets(pid, port) == 1),
+            "{mode:?}: the connection is not open on the proxy"
+        );
+        let started = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(15), || {
+                bascule_tests::client_sockets(pid, port) == 0
+            }),
+            "{mode:?}: a client that reads nothing is still served after 15 s"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(500), "{mode:?}");
+        // What the client reads next ends short of the file, with a reset.
+        let mut got = Vec::new();
+        let end = client.read_to_end(&mut got);
+        assert!(got.len() < 32 << 20, "{mode:?}: {} bytes", got.len());
+        assert_eq!(
+            end.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionReset),
+            "{mode:?}"
+        );
+        // Serving on.
+        assert_eq!(get(proxy.addr, "/").unwrap().status, 200, "{mode:?}");
+    }
+}

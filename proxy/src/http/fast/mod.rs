@@ -204,6 +204,14 @@ impl ServerApp for FastApp {
         // HTTP/1.x on either is served here; HTTP/2 (by ALPN) by the HTTP/2 loop, which answers
         // or proxies a stream itself only while the fast path is on (`[server] fast_path`).
         let tls = !stream.as_any().is::<L4Stream>();
+        // `[limits] send_timeout` for every protocol on this connection: a client that takes no
+        // byte of an answer that long is cut by the kernel, and what it held is freed.
+        let send_timeout = self.policy().limits.send_timeout;
+        // SAFETY: the stream owns the descriptor and lives through the call.
+        #[allow(unsafe_code)]
+        if let Err(e) = unsafe { crate::fd::set_user_timeout(stream.id(), send_timeout) } {
+            tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set on a client connection");
+        }
         if tls {
             // `min_version = "1.3"`: the certificate resolver turns away clients that offer no
             // TLS 1.3 suite; one that offered them but settled on 1.2 is closed here, before
