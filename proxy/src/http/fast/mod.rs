@@ -206,7 +206,10 @@ impl ServerApp for FastApp {
         let tls = !stream.as_any().is::<L4Stream>();
         // `[limits] send_timeout` for every protocol on this connection: a client that takes no
         // byte of an answer that long is cut by the kernel, and what it held is freed.
-        let send_timeout = self.policy().limits.send_timeout;
+        let (send_timeout, fast_path) = {
+            let p = self.policy();
+            (p.limits.send_timeout, p.fast_path)
+        };
         // SAFETY: the stream owns the descriptor and lives through the call.
         #[allow(unsafe_code)]
         if let Err(e) = unsafe { crate::fd::set_user_timeout(stream.id(), send_timeout) } {
@@ -224,10 +227,7 @@ impl ServerApp for FastApp {
             }
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
                 self.control.metrics().connections.h2.inc();
-                let (lean, send_timeout) = {
-                    let p = self.policy();
-                    (p.fast_path.then_some(&self.lean), p.limits.send_timeout)
-                };
+                let lean = fast_path.then_some(&self.lean);
                 crate::http::h2::serve(stream, &self.full, lean, send_timeout, shutdown).await;
                 return None;
             }
