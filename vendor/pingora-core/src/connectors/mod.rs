@@ -42,6 +42,24 @@ use std::time::{Duration, Instant};
 use tls::TlsConnector;
 use tokio::sync::Mutex;
 
+/// A pooled connection's slot: whoever holds the lock may take the stream out, so taking it does
+/// not depend on how many `Arc`s of the slot are still alive (Bascule patch, see `reused_stream`).
+pub(crate) struct Pooled(Option<Stream>);
+
+impl tokio::io::AsyncRead for Pooled {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.0.as_mut() {
+            Some(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            // Taken: the idle poll is over; reading nothing ends it as EOF would.
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
     connection: ConnectionMeta,
@@ -170,7 +188,7 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<Arc<Mutex<Pooled>>>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -250,30 +268,16 @@ impl TransportConnector {
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
         match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(mut s) => {
+            Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
-                // Bascule patch (cloudflare/pingora#998): the idle poller's OwnedMutexGuard
-                // releases the lock before it drops its Arc, so a waiter woken on another
-                // thread can see two owners for a moment; wait for the poller's Arc to go
-                // instead of discarding a healthy connection.
-                let mut tries = 0;
-                let unwrapped = loop {
-                    {
-                        let _ = s.lock().await;
-                    } // wait for the idle poll to release it
-                    match Arc::try_unwrap(s) {
-                        Ok(l) => break Ok(l),
-                        Err(back) if tries < 64 => {
-                            tries += 1;
-                            s = back;
-                            tokio::task::yield_now().await;
-                        }
-                        Err(back) => break Err(back),
-                    }
-                };
+                // Bascule patch (cloudflare/pingora#998): the stream is taken out of the slot
+                // under the lock instead of by `Arc::try_unwrap`. The idle poller's
+                // OwnedMutexGuard releases the lock before it drops its Arc, so a taker woken on
+                // another thread could see two owners and discard a healthy connection.
+                let taken = s.lock().await.0.take(); // waits for the idle poll to release it
+                let unwrapped = taken.ok_or(());
                 match unwrapped {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
+                    Ok(mut stream) => {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
@@ -337,7 +341,7 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
+        let stream = Arc::new(Mutex::new(Pooled(Some(stream))));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
