@@ -275,9 +275,8 @@ impl TransportConnector {
                 // OwnedMutexGuard releases the lock before it drops its Arc, so a taker woken on
                 // another thread could see two owners and discard a healthy connection.
                 let taken = s.lock().await.0.take(); // waits for the idle poll to release it
-                let unwrapped = taken.ok_or(());
-                match unwrapped {
-                    Ok(mut stream) => {
+                match taken {
+                    Some(mut stream) => {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
@@ -309,7 +308,7 @@ impl TransportConnector {
                             }
                         }
                     }
-                    Err(_) => {
+                    None => {
                         error!("failed to acquire reusable stream");
                         None
                     }
